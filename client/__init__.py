@@ -1,0 +1,46 @@
+"""Python client of proca-stats: ``StatsClient`` and one exception per gRPC status."""
+
+from .errors import (
+    Aborted,
+    AlreadyExists,
+    Cancelled,
+    DataLoss,
+    DeadlineExceeded,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    OutOfRange,
+    PermissionDenied,
+    ResourceExhausted,
+    StatsError,
+    Unauthenticated,
+    Unavailable,
+    Unimplemented,
+    Unknown,
+)
+from .stats_client import DEFAULT_TARGET, StatsClient
+from .v1.stats_pb2 import CampaignStats
+
+__all__ = [
+    "DEFAULT_TARGET",
+    "Aborted",
+    "AlreadyExists",
+    "CampaignStats",
+    "Cancelled",
+    "DataLoss",
+    "DeadlineExceeded",
+    "FailedPrecondition",
+    "Internal",
+    "InvalidArgument",
+    "NotFound",
+    "OutOfRange",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "StatsError",
+    "StatsClient",
+    "Unauthenticated",
+    "Unavailable",
+    "Unimplemented",
+    "Unknown",
+]

@@ -1,0 +1,88 @@
+"""A typed Python client of StatsService, thin over the generated stubs."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import TypeVar
+
+import grpc
+
+from .errors import error_from
+from .v1 import stats_pb2, stats_pb2_grpc
+from .v1.stats_pb2 import CampaignStats
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+
+Request = TypeVar("Request")
+Response = TypeVar("Response")
+
+
+class StatsClient:
+    """Calls one proca-stats server; every call has a deadline and raises a StatsError subclass.
+
+    >>> with StatsClient("127.0.0.1:50051") as stats:
+    ...     stats.increment(campaign_id=1, org_id=2, action_type="signature", new_supporter=True)
+    ...     stats.get_stats(1).supporters
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        timeout: float = 5.0,
+        channel: grpc.Channel | None = None,
+    ) -> None:
+        """``timeout`` is each call's deadline in seconds; pass ``channel`` for TLS or options."""
+        self._channel = channel if channel is not None else grpc.insecure_channel(target)
+        self._stub = stats_pb2_grpc.StatsServiceStub(self._channel)
+        self._timeout = timeout
+
+    def get_stats(self, campaign_id: int, *, timeout: float | None = None) -> CampaignStats:
+        """The campaign's counters; an unknown campaign has zeros."""
+        request = stats_pb2.GetStatsRequest(campaign_id=campaign_id)
+        return self._call(self._stub.GetStats, request, timeout).stats
+
+    def increment(
+        self,
+        campaign_id: int,
+        org_id: int,
+        action_type: str,
+        *,
+        area: str | None = None,
+        new_supporter: bool = False,
+        timeout: float | None = None,
+    ) -> None:
+        """Record one accepted action; ``new_supporter`` when it created the supporter."""
+        request = stats_pb2.IncrementRequest(
+            campaign_id=campaign_id,
+            org_id=org_id,
+            action_type=action_type,
+            area=area,
+            new_supporter=new_supporter,
+        )
+        self._call(self._stub.Increment, request, timeout)
+
+    def _call(
+        self,
+        rpc: grpc.UnaryUnaryMultiCallable[Request, Response],
+        request: Request,
+        timeout: float | None,
+    ) -> Response:
+        try:
+            return rpc(request, timeout=self._timeout if timeout is None else timeout)
+        except grpc.RpcError as error:
+            raise error_from(error) from None
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> StatsClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()

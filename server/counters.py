@@ -1,0 +1,69 @@
+"""The figures of one campaign, and how an accepted action changes them.
+
+Counters are never changed in place: Increment builds a new value and the store
+swaps it in. A reader that took a reference under the store's lock can then
+turn it into a response without holding the lock, and never sees half an update.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TypeVar
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignCounters:
+    """The counters of one campaign. Treat the maps as read-only once published."""
+
+    supporters: int = 0
+    actions_by_type: dict[str, int] = field(default_factory=dict)
+    supporters_by_area: dict[str, int] = field(default_factory=dict)
+    supporters_by_org: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Increment:
+    """One accepted action, already validated (see validation.py)."""
+
+    campaign_id: int
+    org_id: int
+    action_type: str
+    area: str | None
+    new_supporter: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The result of one full calculation: every campaign's counters at ``taken_at``."""
+
+    campaigns: dict[int, CampaignCounters]
+    taken_at: datetime
+
+
+Key = TypeVar("Key", str, int)
+
+
+def _plus(counts: dict[Key, int], key: Key, added: int) -> dict[Key, int]:
+    new = dict(counts)
+    new[key] = new.get(key, 0) + added
+    return new
+
+
+def incremented(counters: CampaignCounters, inc: Increment) -> CampaignCounters:
+    """The counters after one accepted action, as Proca's Stats.increment counts it.
+
+    An existing supporter acting again still creates the org and area keys
+    (with 0), so the maps show every org and area that took part.
+    """
+    added = 1 if inc.new_supporter else 0
+    return CampaignCounters(
+        supporters=counters.supporters + added,
+        actions_by_type=_plus(counters.actions_by_type, inc.action_type, 1),
+        supporters_by_area=(
+            _plus(counters.supporters_by_area, inc.area, added)
+            if inc.area
+            else counters.supporters_by_area
+        ),
+        supporters_by_org=_plus(counters.supporters_by_org, inc.org_id, added),
+    )

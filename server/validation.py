@@ -1,0 +1,55 @@
+"""Requests checked against the rules of the contract (SPEC §5) before they touch the store.
+
+Each function turns a request into the plain value the store needs, or raises
+ValidationError naming the field, so a bad request can never change a counter.
+"""
+
+from __future__ import annotations
+
+from proca_stats.client.v1 import stats_pb2
+
+from .counters import Increment
+
+MAX_ACTION_TYPE_LENGTH = 255  # actions.action_type is varchar(255)
+MAX_AREA_LENGTH = 32  # supporters.area is varchar(32)
+
+
+class ValidationError(ValueError):
+    """A request field breaks a rule; the message names the field and the rule."""
+
+    def __init__(self, field: str, rule: str) -> None:
+        super().__init__(f"{field}: {rule}")
+        self.field = field
+
+
+def _positive_id(field: str, value: int) -> int:
+    if value <= 0:
+        raise ValidationError(field, f"must be > 0, got {value}")
+    return value
+
+
+def _text(field: str, value: str, min_length: int, max_length: int) -> str:
+    if not min_length <= len(value) <= max_length:
+        raise ValidationError(
+            field, f"must be {min_length}..{max_length} characters, got {len(value)}"
+        )
+    if "\x00" in value:
+        raise ValidationError(field, "must not contain NUL characters")
+    return value
+
+
+def increment_from(request: stats_pb2.IncrementRequest) -> Increment:
+    """The action an IncrementRequest reports; an empty area means no area."""
+    area = request.area if request.HasField("area") else ""
+    return Increment(
+        campaign_id=_positive_id("campaign_id", request.campaign_id),
+        org_id=_positive_id("org_id", request.org_id),
+        action_type=_text("action_type", request.action_type, 1, MAX_ACTION_TYPE_LENGTH),
+        area=_text("area", area, 0, MAX_AREA_LENGTH) or None,
+        new_supporter=request.new_supporter,
+    )
+
+
+def campaign_id_from(request: stats_pb2.GetStatsRequest) -> int:
+    """The campaign a GetStatsRequest asks for."""
+    return _positive_id("campaign_id", request.campaign_id)
