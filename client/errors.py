@@ -86,6 +86,6 @@ _BY_CODE: dict[grpc.StatusCode, type[StatsError]] = {
 
 def error_from(call_error: grpc.RpcError) -> StatsError:
     """The StatsError matching a failed call's status."""
-    code = call_error.code()  # type: ignore[attr-defined]  # unary call errors are also grpc.Call
-    details = call_error.details() or code.name  # type: ignore[attr-defined]
+    code = call_error.code()  # a failed unary call's error is also its grpc.Call
+    details = call_error.details() or code.name
     return _BY_CODE.get(code, Unknown)(details)

@@ -82,9 +82,8 @@ def main() -> None:
         stale = stale_files(files)
         for name in stale:
             old = (OUT_DIR / name).read_text().splitlines() if (OUT_DIR / name).exists() else []
-            sys.stdout.writelines(
-                line + "\n" for line in difflib.unified_diff(old, files[name].splitlines(), name, name)
-            )
+            diff = difflib.unified_diff(old, files[name].splitlines(), name, name, lineterm="")
+            print("\n".join(diff))
         if stale:
             sys.exit(f"stale generated code: {', '.join(stale)}; run: python protos/generate.py")
         return

@@ -1,4 +1,4 @@
-"""A running proca-stats: the gRPC server, the store, the sync and their health, started and stopped together."""
+"""A running proca-stats: gRPC server, store, sync and health, started and stopped together."""
 
 from __future__ import annotations
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import psycopg
 from psycopg import IsolationLevel
+from psycopg.rows import TupleRow
 
 from .counters import CampaignCounters, Snapshot
 
@@ -92,14 +94,14 @@ class _Builder:
         )
 
 
-def calculate(conn: psycopg.Connection[tuple[object, ...]]) -> Snapshot:
+def calculate(conn: psycopg.Connection[TupleRow]) -> Snapshot:
     """Run the full calculation on an idle connection and return its snapshot."""
     conn.isolation_level = IsolationLevel.REPEATABLE_READ
     conn.read_only = True
     campaigns: defaultdict[int, _Builder] = defaultdict(_Builder)
     with conn.transaction(), conn.cursor() as cur:
         # The snapshot is taken by the transaction's first statement: this one.
-        taken_at = cur.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+        taken_at: datetime = next(cur.execute("SELECT now()"))[0]
         # Every campaign is in the result; one with no data keeps zeros.
         campaigns.update((campaign_id, _Builder()) for (campaign_id,) in cur.execute(CAMPAIGNS))
         for campaign_id, org_id, count in cur.execute(SUPPORTERS_BY_ORG):

@@ -1,4 +1,4 @@
-"""Settings of `proca-stats serve`, and the checks that turn a person's mistake into one clear line."""
+"""Settings of `proca-stats serve`, checked so that a mistake ends in one clear line."""
 
 from __future__ import annotations
 

