@@ -30,12 +30,27 @@ class StatsClient:
         target: str = DEFAULT_TARGET,
         *,
         timeout: float = 5.0,
+        credentials: grpc.ChannelCredentials | None = None,
+        token: str | None = None,
         channel: grpc.Channel | None = None,
     ) -> None:
-        """``timeout`` is each call's deadline in seconds; pass ``channel`` for TLS or options."""
-        self._channel = channel if channel is not None else grpc.insecure_channel(target)
-        self._stub = stats_pb2_grpc.StatsServiceStub(self._channel)
+        """Connect to ``target``.
+
+        ``timeout`` is each call's deadline in seconds. ``credentials`` (from
+        ``grpc.ssl_channel_credentials``) turn on TLS; ``token`` is sent as
+        ``authorization: Bearer <token>`` with every call. ``channel`` replaces
+        the channel the client would open (for custom options).
+        """
+        if channel is None:
+            channel = (
+                grpc.secure_channel(target, credentials)
+                if credentials is not None
+                else grpc.insecure_channel(target)
+            )
+        self._channel = channel
+        self._stub = stats_pb2_grpc.StatsServiceStub(channel)
         self._timeout = timeout
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
 
     def get_stats(self, campaign_id: int, *, timeout: float | None = None) -> CampaignStats:
         """The campaign's counters; an unknown campaign has zeros."""
@@ -69,7 +84,11 @@ class StatsClient:
         timeout: float | None,
     ) -> Response:
         try:
-            return rpc(request, timeout=self._timeout if timeout is None else timeout)
+            return rpc(
+                request,
+                timeout=self._timeout if timeout is None else timeout,
+                metadata=self._metadata,
+            )
         except grpc.RpcError as error:
             raise error_from(error) from None
 

@@ -10,17 +10,19 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from psycopg_pool import ConnectionPool
 
-from proca_stats.client.v1 import stats_pb2, stats_pb2_grpc
-
-from .config import ServeConfig
+from .auth import TokenAuthInterceptor, load_tokens, read_methods
+from .config import ServeConfig, parse_listen
 from .counters import Snapshot
-from .service import StatsServicer
+from .handlers import Interceptor
+from .metrics import Metrics, MetricsInterceptor
+from .service import SERVICE, StatsServicer, add_stats_service
 from .store import StatsStore
 from .sync import SyncWorker
+from .tls import server_credentials
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME: str = stats_pb2.DESCRIPTOR.services_by_name["StatsService"].full_name
+SERVICE_NAME: str = SERVICE.full_name
 
 
 class BindError(RuntimeError):
@@ -31,13 +33,16 @@ class StatsServer:
     """Everything `proca-stats serve` runs, over a database given by URL."""
 
     def __init__(self, config: ServeConfig, database_url: str) -> None:
-        self.store = StatsStore()
+        self.store = StatsStore(config.limits)
+        self.metrics = Metrics(campaigns=self.store.__len__)
         self._pool = ConnectionPool(
             database_url,
             min_size=1,
             max_size=1,
             open=False,
             name="proca-stats-sync",
+            # A connection broken while idle (database restarted) is replaced, not used.
+            check=ConnectionPool.check_connection,
             kwargs={
                 "application_name": "proca-stats",
                 "connect_timeout": max(1, round(config.connect_timeout)),
@@ -45,8 +50,9 @@ class StatsServer:
         )
         self.sync = SyncWorker(
             self._pool,
-            self._deliver,
+            self,
             interval=config.sync_interval_ms / 1000,
+            timeout=config.sync_timeout_ms / 1000,
             connect_timeout=config.connect_timeout,
         )
         self._health = health.HealthServicer(
@@ -58,37 +64,78 @@ class StatsServer:
             futures.ThreadPoolExecutor(
                 max_workers=config.workers, thread_name_prefix="proca-stats-rpc"
             ),
-            # Without this, a second server on the same port would start silently.
-            options=[("grpc.so_reuseport", 0)],
+            interceptors=self._interceptors(config),
+            options=[
+                # Without this, a second server on the same port would start silently.
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_receive_message_length", config.limits.max_request_bytes),
+            ],
         )
-        stats_pb2_grpc.add_StatsServiceServicer_to_server(StatsServicer(self.store), self._grpc)
+        add_stats_service(StatsServicer(self.store), self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc
         )
+        self.port = self._bind(config)
+        self.metrics_port: int | None = None
+        self._metrics_listen = config.metrics_listen
+
+    def _interceptors(self, config: ServeConfig) -> list[Interceptor]:
+        """Metrics outermost, so refused calls are counted too; then authentication."""
+        chain: list[Interceptor] = []
+        if config.metrics_listen:
+            chain.append(MetricsInterceptor(self.metrics))
+        if config.token_file:
+            chain.append(
+                TokenAuthInterceptor(
+                    load_tokens(config.token_file),
+                    read_methods(SERVICE),
+                    protect_reads=config.protect_reads,
+                )
+            )
+        return chain
+
+    def _bind(self, config: ServeConfig) -> int:
         try:
-            self.port = self._grpc.add_insecure_port(config.listen)
+            if config.tls:
+                port = self._grpc.add_secure_port(config.listen, server_credentials(config.tls))
+            else:
+                port = self._grpc.add_insecure_port(config.listen)
         except RuntimeError as error:
             raise BindError(f"cannot listen on {config.listen}: {error}") from None
-        if self.port == 0:
+        if port == 0:
             raise BindError(f"cannot listen on {config.listen}")
+        return port
 
     def start(self) -> None:
         """Serve at once; figures come when the first calculation succeeds."""
+        if self._metrics_listen:
+            try:
+                self.metrics_port = self.metrics.serve(*parse_listen(self._metrics_listen))
+            except OSError as error:
+                raise BindError(
+                    f"--metrics-listen: cannot listen on {self._metrics_listen}: {error.strerror}"
+                ) from None
         self._grpc.start()
         self._pool.open(wait=False)
         self.sync.start()
 
     def stop(self, grace: float | None = None) -> None:
-        """Finish in-flight RPCs within ``grace`` seconds, then stop the sync and close the pool."""
+        """Say NOT_SERVING, let in-flight RPCs finish within ``grace`` s, then stop the rest."""
         self._health.enter_graceful_shutdown()
         self._grpc.stop(grace).wait()
         self.sync.stop()
         self._pool.close()
+        self.metrics.close()
 
-    def _deliver(self, snapshot: Snapshot) -> None:
+    def delivered(self, snapshot: Snapshot, seconds: float) -> None:
+        """A calculation finished: its figures replace the old ones, and the server is ready."""
         self.store.replace(snapshot)
+        self.metrics.sync_succeeded(seconds)
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
+
+    def failed(self, seconds: float) -> None:
+        self.metrics.sync_failed()
 
     def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
         for service in ("", SERVICE_NAME):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import psycopg
-from psycopg import IsolationLevel
+from psycopg import IsolationLevel, sql
 from psycopg.rows import TupleRow
 
 from .counters import CampaignCounters, Snapshot
@@ -94,22 +94,35 @@ class _Builder:
         )
 
 
-def calculate(conn: psycopg.Connection[TupleRow]) -> Snapshot:
-    """Run the full calculation on an idle connection and return its snapshot."""
+def calculate(conn: psycopg.Connection[TupleRow], timeout_ms: int = 0) -> Snapshot:
+    """Run the full calculation on an idle connection and return its snapshot.
+
+    ``timeout_ms`` (0: none) cancels a calculation that runs longer, with
+    psycopg.errors.QueryCanceled, so a slow database cannot stall the sync forever.
+    """
     conn.isolation_level = IsolationLevel.REPEATABLE_READ
     conn.read_only = True
     campaigns: defaultdict[int, _Builder] = defaultdict(_Builder)
+    rows_read = 0
     with conn.transaction(), conn.cursor() as cur:
-        # The snapshot is taken by the transaction's first statement: this one.
+
+        def rows(query: str) -> psycopg.Cursor[TupleRow]:
+            nonlocal rows_read
+            cur.execute(query)
+            rows_read += cur.rowcount
+            return cur
+
+        # The snapshot is taken by the transaction's first query: this one.
         taken_at: datetime = next(cur.execute("SELECT now()"))[0]
+        cur.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(timeout_ms))
         # Every campaign is in the result; one with no data keeps zeros.
-        campaigns.update((campaign_id, _Builder()) for (campaign_id,) in cur.execute(CAMPAIGNS))
-        for campaign_id, org_id, count in cur.execute(SUPPORTERS_BY_ORG):
+        campaigns.update((campaign_id, _Builder()) for (campaign_id,) in rows(CAMPAIGNS))
+        for campaign_id, org_id, count in rows(SUPPORTERS_BY_ORG):
             campaigns[campaign_id].add_supporters(org_id, count)
-        for campaign_id, org_id, extra in cur.execute(EXTRA_SUPPORTERS):
+        for campaign_id, org_id, extra in rows(EXTRA_SUPPORTERS):
             campaigns[campaign_id].add_supporters(org_id, int(extra))
-        for campaign_id, area, count in cur.execute(SUPPORTERS_BY_AREA):
+        for campaign_id, area, count in rows(SUPPORTERS_BY_AREA):
             campaigns[campaign_id].supporters_by_area[area] = count
-        for campaign_id, action_type, count in cur.execute(ACTIONS_BY_TYPE):
+        for campaign_id, action_type, count in rows(ACTIONS_BY_TYPE):
             campaigns[campaign_id].actions_by_type[action_type] = count
-    return Snapshot({cid: b.freeze() for cid, b in campaigns.items()}, taken_at)
+    return Snapshot({cid: b.freeze() for cid, b in campaigns.items()}, taken_at, rows_read)

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+import grpc
 import psycopg
 from google.protobuf import json_format
 from google.protobuf.message import Message
@@ -24,20 +25,28 @@ from google.protobuf.message import Message
 from proca_stats.client import DEFAULT_TARGET, StatsClient, StatsError
 
 from .app import BindError, StatsServer
+from .auth import load_tokens
 from .calculation import calculate
 from .config import (
     DEFAULT_DATA_DIR,
     DEFAULT_LISTEN,
     DEFAULT_SYNC_INTERVAL_MS,
+    DEFAULT_SYNC_TIMEOUT_MS,
     ConfigError,
+    Limits,
     ServeConfig,
+    TlsFiles,
     check_can_listen,
     check_database_url,
+    check_exposure,
+    parse_count,
     parse_listen,
-    parse_sync_interval,
+    parse_milliseconds,
 )
 from .database import EmbeddedDatabaseError, init_schema, start_embedded
+from .logs import configure_logging
 from .messages import campaign_stats
+from .tls import read_pem
 
 log = logging.getLogger("proca_stats")
 
@@ -61,20 +70,52 @@ def _database_url(args: argparse.Namespace) -> str:
     return start_embedded(args.data_dir)
 
 
-def cmd_serve(args: argparse.Namespace) -> None:
-    check_can_listen(*parse_listen(args.listen))
-    config = ServeConfig(
+def _tls_files(args: argparse.Namespace) -> TlsFiles | None:
+    if not (args.tls_cert or args.tls_key or args.tls_client_ca):
+        return None
+    if not (args.tls_cert and args.tls_key):
+        raise ConfigError("--tls-cert and --tls-key: TLS needs both the certificate and its key")
+    return TlsFiles(Path(args.tls_cert), Path(args.tls_key), args.tls_client_ca)
+
+
+def serve_config(args: argparse.Namespace) -> ServeConfig:
+    """The server's settings from flags and environment, each checked with a one-line error."""
+    host, port = parse_listen(args.listen)
+    tls = _tls_files(args)
+    check_exposure(host, tls, args.insecure)
+    check_can_listen(host, port)
+    if args.metrics_listen:
+        parse_listen(args.metrics_listen)
+    if args.protect_reads and not args.token_file:
+        raise ConfigError("--protect-reads: needs --token-file")
+    return ServeConfig(
         listen=args.listen,
         database_url=args.database_url,
-        sync_interval_ms=parse_sync_interval(args.sync_interval),
+        sync_interval_ms=parse_milliseconds("--sync-interval", args.sync_interval),
+        sync_timeout_ms=parse_milliseconds("--sync-timeout", args.sync_timeout),
         data_dir=args.data_dir,
+        tls=tls,
+        token_file=args.token_file,
+        protect_reads=args.protect_reads,
+        limits=Limits(
+            max_campaigns=parse_count("--max-campaigns", args.max_campaigns),
+            max_keys_per_map=parse_count("--max-keys-per-map", args.max_keys_per_map),
+            max_request_bytes=parse_count("--max-request-bytes", args.max_request_bytes),
+        ),
+        metrics_listen=args.metrics_listen,
     )
-    server = StatsServer(config, _database_url(args))
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    config = serve_config(args)
+    database_url = _database_url(args)
+    server = StatsServer(config, database_url)
     stopping = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         if stopping.is_set():
-            os._exit(1)  # a second signal: stop waiting for in-flight RPCs
+            log.warning("second signal: exiting without waiting for in-flight RPCs")
+            os._exit(128 + signum)
         stopping.set()
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -82,17 +123,35 @@ def cmd_serve(args: argparse.Namespace) -> None:
     server.start()
     log.info("serving proca.stats.v1.StatsService on %s (port %d)", config.listen, server.port)
     stopping.wait()
-    log.info("stopping: finishing in-flight RPCs")
+    log.info("stopping: finishing in-flight RPCs (up to %g s)", args.grace)
     server.stop(grace=args.grace)
+    log.info("stopped")
+
+
+def _pem(flag: str, path: str | None) -> bytes | None:
+    return read_pem(flag, Path(path)) if path else None
+
+
+def _client(args: argparse.Namespace) -> StatsClient:
+    """A client with the TLS and token options of `get` and `increment`."""
+    credentials = None
+    if args.tls or args.tls_ca or args.tls_cert:
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=_pem("--tls-ca", args.tls_ca),
+            private_key=_pem("--tls-key", args.tls_key),
+            certificate_chain=_pem("--tls-cert", args.tls_cert),
+        )
+    token = load_tokens(Path(args.token_file))[0].decode() if args.token_file else None
+    return StatsClient(args.target, timeout=args.timeout, credentials=credentials, token=token)
 
 
 def cmd_get(args: argparse.Namespace) -> None:
-    with StatsClient(args.target, timeout=args.timeout) as client:
+    with _client(args) as client:
         print(to_json(client.get_stats(args.campaign_id), indent=2))
 
 
 def cmd_increment(args: argparse.Namespace) -> None:
-    with StatsClient(args.target, timeout=args.timeout) as client:
+    with _client(args) as client:
         client.increment(
             args.campaign,
             args.org,
@@ -117,8 +176,125 @@ def cmd_dump(args: argparse.Namespace) -> None:
         print(to_json(campaign_stats(campaign_id, counters, snapshot.taken_at)))
 
 
-def _env_default(name: str, fallback: str | None) -> str | None:
+def _env(name: str, fallback: str | None = None) -> str | None:
     return os.environ.get(name) or fallback
+
+
+def _add_database_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--database-url",
+        default=_env("DATABASE_URL"),
+        metavar="URL",
+        help="PostgreSQL holding Proca's tables (env DATABASE_URL); "
+        "without it an embedded PostgreSQL is used",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(_env("PROCA_STATS_DATA_DIR", str(DEFAULT_DATA_DIR)) or ""),
+        metavar="DIR",
+        help="where the embedded PostgreSQL keeps its data (env PROCA_STATS_DATA_DIR; "
+        f"default {DEFAULT_DATA_DIR})",
+    )
+
+
+def _add_serve_options(serve: argparse.ArgumentParser) -> None:
+    limits = Limits()
+    options: list[tuple[str, str, str | None, str]] = [
+        # (flag, environment variable, default, help)
+        ("--listen", "PROCA_STATS_LISTEN", DEFAULT_LISTEN, "address to serve on, HOST:PORT"),
+        (
+            "--sync-interval",
+            "SYNC_INTERVAL",
+            str(DEFAULT_SYNC_INTERVAL_MS),
+            "milliseconds between full calculations; 0 = only at start",
+        ),
+        (
+            "--sync-timeout",
+            "PROCA_STATS_SYNC_TIMEOUT",
+            str(DEFAULT_SYNC_TIMEOUT_MS),
+            "milliseconds after which a calculation is cancelled; 0 = never",
+        ),
+        ("--tls-cert", "PROCA_STATS_TLS_CERT", None, "PEM certificate (chain) of the server"),
+        ("--tls-key", "PROCA_STATS_TLS_KEY", None, "PEM private key of --tls-cert"),
+        (
+            "--tls-client-ca",
+            "PROCA_STATS_TLS_CLIENT_CA",
+            None,
+            "PEM CA: require client certificates signed by it (mutual TLS)",
+        ),
+        (
+            "--token-file",
+            "PROCA_STATS_TOKEN_FILE",
+            None,
+            "bearer tokens, one per line: Increment needs one",
+        ),
+        (
+            "--metrics-listen",
+            "PROCA_STATS_METRICS_LISTEN",
+            None,
+            "HOST:PORT to serve Prometheus metrics on, at /metrics",
+        ),
+        (
+            "--max-campaigns",
+            "PROCA_STATS_MAX_CAMPAIGNS",
+            str(limits.max_campaigns),
+            "campaigns that Increments may create, in all",
+        ),
+        (
+            "--max-keys-per-map",
+            "PROCA_STATS_MAX_KEYS_PER_MAP",
+            str(limits.max_keys_per_map),
+            "distinct action types, areas or orgs that Increments may create per campaign",
+        ),
+        (
+            "--max-request-bytes",
+            "PROCA_STATS_MAX_REQUEST_BYTES",
+            str(limits.max_request_bytes),
+            "largest request accepted",
+        ),
+    ]
+    for flag, env, default, text in options:
+        shown = f"env {env}" + (f", default {default}" if default is not None else "")
+        serve.add_argument(flag, default=_env(env, default), help=f"{text} ({shown})")
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        help="serve plaintext on a non-loopback address (behind a trusted proxy only)",
+    )
+    serve.add_argument(
+        "--protect-reads", action="store_true", help="GetStats and reflection need a token too"
+    )
+    serve.add_argument("--log-format", choices=["text", "json"], default="text")
+    serve.add_argument(
+        "--grace",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long in-flight RPCs may finish on SIGTERM/SIGINT (default 10)",
+    )
+
+
+def _add_client_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--target",
+        default=_env("PROCA_STATS_TARGET", DEFAULT_TARGET),
+        metavar="HOST:PORT",
+        help=f"server to call (env PROCA_STATS_TARGET, default {DEFAULT_TARGET})",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=5.0, metavar="SECONDS", help="deadline of the call"
+    )
+    parser.add_argument("--tls", action="store_true", help="use TLS, trusting the system's CAs")
+    parser.add_argument("--tls-ca", metavar="FILE", help="use TLS, trusting this PEM CA")
+    parser.add_argument("--tls-cert", metavar="FILE", help="client certificate (mutual TLS)")
+    parser.add_argument("--tls-key", metavar="FILE", help="key of --tls-cert")
+    parser.add_argument(
+        "--token-file",
+        default=_env("PROCA_STATS_TOKEN_FILE"),
+        metavar="FILE",
+        help="send the first token of FILE as bearer token (env PROCA_STATS_TOKEN_FILE)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,61 +306,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    database = argparse.ArgumentParser(add_help=False)
-    database.add_argument(
-        "--database-url",
-        default=_env_default("DATABASE_URL", None),
-        metavar="URL",
-        help="PostgreSQL holding Proca's tables (env DATABASE_URL); "
-        "without it an embedded PostgreSQL is used",
-    )
-    database.add_argument(
-        "--data-dir",
-        type=Path,
-        default=Path(_env_default("PROCA_STATS_DATA_DIR", str(DEFAULT_DATA_DIR)) or ""),
-        metavar="DIR",
-        help="where the embedded PostgreSQL keeps its data (env PROCA_STATS_DATA_DIR; "
-        f"default {DEFAULT_DATA_DIR})",
-    )
-    target = argparse.ArgumentParser(add_help=False)
-    target.add_argument(
-        "--target",
-        default=_env_default("PROCA_STATS_TARGET", DEFAULT_TARGET),
-        metavar="HOST:PORT",
-        help=f"server to call (env PROCA_STATS_TARGET, default {DEFAULT_TARGET})",
-    )
-    target.add_argument(
-        "--timeout", type=float, default=5.0, metavar="SECONDS", help="deadline of the call"
-    )
-
-    serve = commands.add_parser("serve", parents=[database], help="run the server")
-    serve.add_argument(
-        "--listen",
-        default=_env_default("PROCA_STATS_LISTEN", DEFAULT_LISTEN),
-        metavar="HOST:PORT",
-        help=f"address to serve on (env PROCA_STATS_LISTEN, default {DEFAULT_LISTEN})",
-    )
-    serve.add_argument(
-        "--sync-interval",
-        default=_env_default("SYNC_INTERVAL", str(DEFAULT_SYNC_INTERVAL_MS)),
-        metavar="MS",
-        help="milliseconds between full calculations; 0 = only at start "
-        f"(env SYNC_INTERVAL, default {DEFAULT_SYNC_INTERVAL_MS})",
-    )
-    serve.add_argument(
-        "--grace",
-        type=float,
-        default=10.0,
-        metavar="SECONDS",
-        help="how long in-flight RPCs may finish on SIGTERM/SIGINT (default 10)",
-    )
+    serve = commands.add_parser("serve", help="run the server")
+    _add_database_options(serve)
+    _add_serve_options(serve)
     serve.set_defaults(run=cmd_serve)
 
-    get = commands.add_parser("get", parents=[target], help="print a campaign's stats as JSON")
+    get = commands.add_parser("get", help="print a campaign's stats as JSON")
     get.add_argument("campaign_id", type=int, metavar="CAMPAIGN_ID")
+    _add_client_options(get)
     get.set_defaults(run=cmd_get)
 
-    increment = commands.add_parser("increment", parents=[target], help="count one action")
+    increment = commands.add_parser("increment", help="count one action")
     increment.add_argument("--campaign", type=int, required=True, metavar="ID")
     increment.add_argument("--org", type=int, required=True, metavar="ID")
     increment.add_argument("--type", required=True, metavar="TYPE", help="action type")
@@ -192,18 +324,17 @@ def build_parser() -> argparse.ArgumentParser:
     increment.add_argument(
         "--new-supporter", action="store_true", help="the action created a new supporter"
     )
+    _add_client_options(increment)
     increment.set_defaults(run=cmd_increment)
 
     db = commands.add_parser("db", help="database commands")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND")
-    db_init = db_commands.add_parser(
-        "init", parents=[database], help="create the tables proca-stats reads, where missing"
-    )
+    db_init = db_commands.add_parser("init", help="create the tables proca-stats reads, if missing")
+    _add_database_options(db_init)
     db_init.set_defaults(run=cmd_db_init)
 
-    dump = commands.add_parser(
-        "dump", parents=[database], help="run one full calculation, print JSON lines"
-    )
+    dump = commands.add_parser("dump", help="run one full calculation, print JSON lines")
+    _add_database_options(dump)
     dump.set_defaults(run=cmd_dump)
     return parser
 
@@ -211,9 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(args.log_level, getattr(args, "log_format", "text"))
     try:
         args.run(args)
     except USER_ERRORS as error:

@@ -13,6 +13,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_SYNC_INTERVAL_MS = 60_000  # Proca's SYNC_INTERVAL
+DEFAULT_SYNC_TIMEOUT_MS = 300_000
 DEFAULT_DATA_DIR = platformdirs.user_data_path("proca-stats")
 
 
@@ -21,11 +22,36 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class Limits:
+    """Caps that keep a flood of Increments with fresh ids or strings from exhausting memory.
+
+    Figures loaded from the database are never capped: the database is trusted.
+    """
+
+    max_campaigns: int = 100_000
+    max_keys_per_map: int = 10_000
+    max_request_bytes: int = 64 * 1024
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    cert: Path
+    key: Path
+    client_ca: Path | None = None  # set: clients must present a certificate it signed
+
+
+@dataclass(frozen=True)
 class ServeConfig:
     listen: str = DEFAULT_LISTEN
     database_url: str | None = None  # None: run on the embedded PostgreSQL
     sync_interval_ms: int = DEFAULT_SYNC_INTERVAL_MS
+    sync_timeout_ms: int = DEFAULT_SYNC_TIMEOUT_MS
     data_dir: Path = DEFAULT_DATA_DIR
+    tls: TlsFiles | None = None
+    token_file: Path | None = None
+    protect_reads: bool = False
+    limits: Limits = Limits()
+    metrics_listen: str | None = None
     workers: int = 16  # threads answering RPCs
     connect_timeout: float = 10.0  # seconds to wait for a database connection
 
@@ -69,12 +95,46 @@ def check_database_url(url: str) -> str:
     return url
 
 
-def parse_sync_interval(value: str) -> int:
-    """Milliseconds between calculations; 0 calculates only at start."""
+def parse_milliseconds(flag: str, value: str, minimum: int = 0) -> int:
+    """A whole number of milliseconds, at least ``minimum``."""
     try:
-        interval = int(value)
+        milliseconds = int(value)
     except ValueError:
-        raise ConfigError(f"--sync-interval: expected milliseconds, got {value!r}") from None
-    if interval < 0:
-        raise ConfigError(f"--sync-interval: must be >= 0, got {interval}")
-    return interval
+        raise ConfigError(f"{flag}: expected milliseconds, got {value!r}") from None
+    if milliseconds < minimum:
+        raise ConfigError(f"{flag}: must be >= {minimum}, got {milliseconds}")
+    return milliseconds
+
+
+def parse_count(flag: str, value: str) -> int:
+    """A whole number >= 1 (a cap or a size)."""
+    try:
+        count = int(value)
+    except ValueError:
+        raise ConfigError(f"{flag}: expected a whole number, got {value!r}") from None
+    if count < 1:
+        raise ConfigError(f"{flag}: must be >= 1, got {count}")
+    return count
+
+
+def is_loopback(host: str) -> bool:
+    """True when every address ``host`` names is a loopback address."""
+    name = host.strip("[]")
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        pass
+    try:
+        addresses = {str(info[4][0]) for info in socket.getaddrinfo(name, None)}
+    except OSError:
+        return False
+    return all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
+
+
+def check_exposure(host: str, tls: TlsFiles | None, insecure: bool) -> None:
+    """Plaintext is for loopback only, unless the operator says --insecure on purpose."""
+    if tls is None and not insecure and not is_loopback(host):
+        raise ConfigError(
+            f"--listen: {host} is reachable from other machines; "
+            "give --tls-cert and --tls-key, or --insecure to serve plaintext anyway"
+        )

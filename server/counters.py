@@ -39,6 +39,7 @@ class Snapshot:
 
     campaigns: dict[int, CampaignCounters]
     taken_at: datetime
+    rows_read: int = 0  # grouped rows the database sent, for the sync's log line
 
 
 Key = TypeVar("Key", str, int)

@@ -8,25 +8,59 @@ building responses and calculating snapshots happen outside it.
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from datetime import datetime
+from typing import Any
 
+from .config import Limits
 from .counters import CampaignCounters, Increment, Snapshot, incremented
 
 _EMPTY = CampaignCounters()
 
 
+class CapacityError(Exception):
+    """An Increment would pass one of the configured caps; nothing was counted."""
+
+
+def _check_keys(counters: CampaignCounters, inc: Increment, max_keys: int) -> None:
+    """Refuse an Increment that would add a map key past the cap."""
+    maps: tuple[tuple[str, object, Mapping[Any, int]], ...] = (
+        ("action_type", inc.action_type, counters.actions_by_type),
+        ("area", inc.area, counters.supporters_by_area),
+        ("org_id", inc.org_id, counters.supporters_by_org),
+    )
+    for field, key, counts in maps:
+        if key is not None and key not in counts and len(counts) >= max_keys:
+            raise CapacityError(
+                f"{field}: campaign {inc.campaign_id} already has {max_keys} distinct keys "
+                "in this map (--max-keys-per-map); an Increment cannot add another"
+            )
+
+
 class StatsStore:
     """Thread-safe campaign counters, replaced whole by each full calculation."""
 
-    def __init__(self) -> None:
+    def __init__(self, limits: Limits | None = None) -> None:
+        self._limits = limits or Limits()
         self._lock = threading.Lock()
         self._campaigns: dict[int, CampaignCounters] = {}
         self._synced_at: datetime | None = None
 
     def increment(self, inc: Increment) -> None:
-        """Count one accepted action; a campaign not seen yet is created."""
+        """Count one accepted action; a campaign not seen yet is created.
+
+        Raises CapacityError, counting nothing, when a cap would be passed.
+        """
         with self._lock:
-            current = self._campaigns.get(inc.campaign_id, _EMPTY)
+            current = self._campaigns.get(inc.campaign_id)
+            if current is None:
+                if len(self._campaigns) >= self._limits.max_campaigns:
+                    raise CapacityError(
+                        f"campaign_id: this server already holds {self._limits.max_campaigns} "
+                        "campaigns (--max-campaigns); an Increment cannot add another"
+                    )
+                current = _EMPTY
+            _check_keys(current, inc, self._limits.max_keys_per_map)
             self._campaigns[inc.campaign_id] = incremented(current, inc)
 
     def get(self, campaign_id: int) -> tuple[CampaignCounters, datetime | None]:

@@ -11,7 +11,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from typing import Protocol
 
 import psycopg
 from psycopg_pool import ConnectionPool
@@ -32,23 +32,34 @@ def backoff_delay(failures: int, base: float, cap: float) -> float:
     return delay * random.uniform(0.5, 1.0)
 
 
+class SyncListener(Protocol):
+    """Where the sync's results go: the store (through the app) and the metrics."""
+
+    def delivered(self, snapshot: Snapshot, seconds: float) -> None: ...
+
+    def failed(self, seconds: float) -> None: ...
+
+
 class SyncWorker:
-    """Recalculates every campaign at an interval and passes each result to ``deliver``."""
+    """Recalculates every campaign at an interval and passes each result to its listener."""
 
     def __init__(
         self,
         pool: ConnectionPool,
-        deliver: Callable[[Snapshot], None],
+        listener: SyncListener,
         *,
         interval: float,
+        timeout: float,
         connect_timeout: float,
         retry_base: float = 0.5,
         retry_cap: float = 30.0,
     ) -> None:
-        """``interval`` is in seconds; 0 calculates once at start (retrying until it succeeds)."""
+        """Times in seconds. ``interval`` 0 calculates once at start (retrying until it succeeds);
+        ``timeout`` cancels a calculation that runs longer (0: never)."""
         self._pool = pool
-        self._deliver = deliver
+        self._listener = listener
         self._interval = interval
+        self._timeout_ms = round(timeout * 1000)
         self._connect_timeout = connect_timeout
         self._retry_base = retry_base
         self._retry_cap = retry_cap
@@ -87,19 +98,24 @@ class SyncWorker:
         started = time.monotonic()
         try:
             with self._pool.connection(timeout=self._connect_timeout) as conn:
-                snapshot = calculate(conn)
+                snapshot = calculate(conn, self._timeout_ms)
+        except psycopg.errors.QueryCanceled:
+            log.warning("sync failed: the calculation ran past --sync-timeout and was cancelled")
         except psycopg.Error as error:
             log.warning("sync failed: database error: %s", str(error).strip())
-            return False
         except Exception:
             # A bug must not end the thread: the figures would silently freeze.
             log.exception("sync failed: unexpected error")
-            return False
-        self._deliver(snapshot)
-        log.info(
-            "sync: %d campaigns in %.2f s (snapshot %s)",
-            len(snapshot.campaigns),
-            time.monotonic() - started,
-            snapshot.taken_at.isoformat(),
-        )
-        return True
+        else:
+            seconds = time.monotonic() - started
+            self._listener.delivered(snapshot, seconds)
+            log.info(
+                "sync: %d campaigns from %d aggregated rows in %.2f s (snapshot %s)",
+                len(snapshot.campaigns),
+                snapshot.rows_read,
+                seconds,
+                snapshot.taken_at.isoformat(),
+            )
+            return True
+        self._listener.failed(time.monotonic() - started)
+        return False

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from proca_stats import client as client_errors
 from proca_stats.client.v1 import stats_pb2
-from proca_stats.server.config import ConfigError, parse_listen, parse_sync_interval
+from proca_stats.server.config import ConfigError, parse_listen, parse_milliseconds
 from proca_stats.server.counters import CampaignCounters, Increment, incremented
 from proca_stats.server.sync import backoff_delay
 from proca_stats.server.validation import ValidationError, increment_from
@@ -71,12 +71,12 @@ def test_parse_listen_refuses(text: str) -> None:
         parse_listen(text)
 
 
-def test_parse_sync_interval() -> None:
-    assert parse_sync_interval("0") == 0
-    assert parse_sync_interval("60000") == 60000
+def test_parse_milliseconds() -> None:
+    assert parse_milliseconds("--sync-interval", "0") == 0
+    assert parse_milliseconds("--sync-interval", "60000") == 60000
     for bad in ("-1", "1.5", "soon"):
         with pytest.raises(ConfigError, match="--sync-interval"):
-            parse_sync_interval(bad)
+            parse_milliseconds("--sync-interval", bad)
 
 
 @given(st.integers(1, 200))

@@ -62,6 +62,8 @@ class StatsServiceServicer:
     def GetStats(self, request, context):
         """GetStats returns a campaign's counters. An unknown campaign gets zeros.
         Answers UNAVAILABLE until the first calculation has succeeded.
+        Marked NO_SIDE_EFFECTS: with bearer tokens on, reads stay open unless
+        the server runs with --protect-reads.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -45,6 +45,8 @@ class StatsServiceStub:
     GetStats: _grpc.UnaryUnaryMultiCallable[_stats_pb2.GetStatsRequest, _stats_pb2.GetStatsResponse]
     """GetStats returns a campaign's counters. An unknown campaign gets zeros.
     Answers UNAVAILABLE until the first calculation has succeeded.
+    Marked NO_SIDE_EFFECTS: with bearer tokens on, reads stay open unless
+    the server runs with --protect-reads.
     """
 
 @_typing.type_check_only
@@ -59,6 +61,8 @@ class StatsServiceAsyncStub(StatsServiceStub):
     GetStats: _aio.UnaryUnaryMultiCallable[_stats_pb2.GetStatsRequest, _stats_pb2.GetStatsResponse]  # type: ignore[assignment]
     """GetStats returns a campaign's counters. An unknown campaign gets zeros.
     Answers UNAVAILABLE until the first calculation has succeeded.
+    Marked NO_SIDE_EFFECTS: with bearer tokens on, reads stay open unless
+    the server runs with --protect-reads.
     """
 
 class StatsServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -82,6 +86,8 @@ class StatsServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_stats_pb2.GetStatsResponse, _abc.Awaitable[_stats_pb2.GetStatsResponse]]:
         """GetStats returns a campaign's counters. An unknown campaign gets zeros.
         Answers UNAVAILABLE until the first calculation has succeeded.
+        Marked NO_SIDE_EFFECTS: with bearer tokens on, reads stay open unless
+        the server runs with --protect-reads.
         """
 
 def add_StatsServiceServicer_to_server(servicer: StatsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,100 @@
+"""Bearer tokens: who may change the counters (and, with --protect-reads, read them).
+
+Tokens come from a file, one per line, so they can be rotated by editing the
+file and restarting, and never appear on a command line or in the environment.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
+
+from .config import ConfigError
+from .handlers import Continuation, Handler, Interceptor, with_behavior
+
+HEALTH_PREFIX = "/grpc.health.v1.Health/"
+REFLECTION_PREFIXES = ("/grpc.reflection.v1alpha.ServerReflection/", "/grpc.reflection.v1.")
+
+
+def load_tokens(path: Path) -> tuple[bytes, ...]:
+    """The tokens in ``path``: one per line; blank lines and lines starting with # are skipped."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as error:
+        raise ConfigError(f"--token-file: cannot read {path}: {error.strerror}") from None
+    tokens = tuple(
+        line.strip().encode() for line in lines if line.strip() and not line.startswith("#")
+    )
+    if not tokens:
+        raise ConfigError(f"--token-file: {path} holds no token")
+    return tokens
+
+
+def read_methods(service: ServiceDescriptor) -> frozenset[str]:
+    """Full names of the service's RPCs marked `idempotency_level = NO_SIDE_EFFECTS` in the proto.
+
+    The proto is the contract, so it also says which RPCs only read: a new RPC
+    that changes state needs a token without anyone remembering to list it.
+    """
+    no_side_effects = 1  # MethodOptions.NO_SIDE_EFFECTS
+
+    def is_read(method: MethodDescriptor) -> bool:
+        return bool(method.GetOptions().idempotency_level == no_side_effects)
+
+    return frozenset(f"/{service.full_name}/{m.name}" for m in service.methods if is_read(m))
+
+
+class TokenAuthInterceptor(Interceptor):
+    """Refuses calls without a valid `authorization: Bearer <token>` with UNAUTHENTICATED.
+
+    Health always stays open: load balancers and orchestrators probe it
+    without credentials, and it tells nothing but up or down.
+    """
+
+    def __init__(
+        self, tokens: Iterable[bytes], reads: frozenset[str], *, protect_reads: bool
+    ) -> None:
+        self._tokens = tuple(tokens)
+        self._reads = reads
+        self._protect_reads = protect_reads
+
+    def _is_open(self, method: str) -> bool:
+        if method.startswith(HEALTH_PREFIX):
+            return True
+        if self._protect_reads:
+            return False
+        return method in self._reads or method.startswith(REFLECTION_PREFIXES)
+
+    def _authorized(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> bool:
+        presented = next((v for k, v in metadata or () if k == "authorization"), None)
+        if not isinstance(presented, str) or not presented.startswith("Bearer "):
+            return False
+        candidate = presented.removeprefix("Bearer ").encode()
+        matched = False
+        for token in self._tokens:  # every token is compared: timing tells nothing
+            matched |= hmac.compare_digest(candidate, token)
+        return matched
+
+    def intercept_service(
+        self,
+        continuation: Continuation,
+        details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
+        handler = continuation(details)
+        if handler is None or self._is_open(details.method):
+            return handler
+        if self._authorized(details.invocation_metadata):
+            return handler
+
+        def refuse(request: Any, context: grpc.ServicerContext) -> Any:
+            context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "this call needs metadata `authorization: Bearer <token>` with a valid token",
+            )
+
+        return with_behavior(handler, refuse)

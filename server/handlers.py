@@ -1,0 +1,52 @@
+"""Rebuilding a gRPC method handler around a new behaviour, whatever its kind.
+
+Interceptors (authentication, metrics) replace a handler's behaviour but must
+keep its kind and (de)serializers; grpc offers one constructor per kind, so the
+choice is made here once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import grpc
+
+Behavior = Callable[[Any, grpc.ServicerContext], Any]
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+Continuation = Callable[[grpc.HandlerCallDetails], "Handler | None"]
+
+if TYPE_CHECKING:  # generic in the type stubs only
+    Interceptor: TypeAlias = grpc.ServerInterceptor[Any, Any]
+else:
+    Interceptor = grpc.ServerInterceptor
+
+
+def behavior_of(handler: Handler) -> Behavior:
+    """The function that answers the call, whichever of the four kinds it is."""
+    for behavior in (
+        handler.unary_unary,
+        handler.unary_stream,
+        handler.stream_unary,
+        handler.stream_stream,
+    ):
+        if behavior is not None:
+            return behavior
+    raise ValueError("a method handler without behaviour")
+
+
+def with_behavior(handler: Handler, behavior: Behavior) -> Handler:
+    """A handler of the same kind and serialization as ``handler`` that runs ``behavior``."""
+    if handler.unary_unary:
+        build = grpc.unary_unary_rpc_method_handler
+    elif handler.unary_stream:
+        build = grpc.unary_stream_rpc_method_handler
+    elif handler.stream_unary:
+        build = grpc.stream_unary_rpc_method_handler
+    else:
+        build = grpc.stream_stream_rpc_method_handler
+    return build(
+        behavior,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )

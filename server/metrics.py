@@ -1,0 +1,144 @@
+"""Prometheus metrics, every name prefixed `proca_stats_`, served on --metrics-listen.
+
+Each server gets a registry of its own, so several servers in one process (as in
+the tests) never mix their figures.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+from wsgiref.simple_server import WSGIServer
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from .handlers import Continuation, Handler, Interceptor, behavior_of, with_behavior
+
+# GetStats answers in well under a millisecond: the default buckets start at 5 ms.
+RPC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 1.0, 5.0)
+SYNC_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+
+
+class Metrics:
+    """The server's collectors, and the hooks that feed them."""
+
+    def __init__(self, campaigns: Callable[[], int]) -> None:
+        self.registry = CollectorRegistry()
+        self._http: WSGIServer | None = None
+        self._last_success: float | None = None
+        self._lock = threading.Lock()
+        self.rpcs = Counter(
+            "proca_stats_rpcs",
+            "RPCs answered, by method and status code",
+            ["method", "code"],
+            registry=self.registry,
+        )
+        self.rpc_seconds = Histogram(
+            "proca_stats_rpc_duration_seconds",
+            "Time to answer a unary RPC, by method",
+            ["method"],
+            buckets=RPC_BUCKETS,
+            registry=self.registry,
+        )
+        self.sync_runs = Counter(
+            "proca_stats_sync_runs", "Full calculations started", registry=self.registry
+        )
+        self.sync_failures = Counter(
+            "proca_stats_sync_failures",
+            "Full calculations that failed (database unreachable, error or timeout)",
+            registry=self.registry,
+        )
+        self.sync_seconds = Histogram(
+            "proca_stats_sync_duration_seconds",
+            "Time a successful full calculation took",
+            buckets=SYNC_BUCKETS,
+            registry=self.registry,
+        )
+        Gauge(
+            "proca_stats_seconds_since_last_sync",
+            "Seconds since the last successful calculation (NaN before the first)",
+            registry=self.registry,
+        ).set_function(self._seconds_since_last_sync)
+        Gauge(
+            "proca_stats_campaigns", "Campaigns held in memory", registry=self.registry
+        ).set_function(campaigns)
+
+    def sync_succeeded(self, seconds: float) -> None:
+        self.sync_runs.inc()
+        self.sync_seconds.observe(seconds)
+        with self._lock:
+            self._last_success = time.monotonic()
+
+    def sync_failed(self) -> None:
+        self.sync_runs.inc()
+        self.sync_failures.inc()
+
+    def _seconds_since_last_sync(self) -> float:
+        with self._lock:
+            last = self._last_success
+        return math.nan if last is None else time.monotonic() - last
+
+    def serve(self, host: str, port: int) -> int:
+        """Serve /metrics over HTTP in a daemon thread; returns the bound port."""
+        self._http, _thread = start_http_server(port, addr=host.strip("[]"), registry=self.registry)
+        return int(self._http.server_port)
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+
+
+class MetricsInterceptor(Interceptor):
+    """Counts every RPC by method and final status, and times the unary ones."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def intercept_service(
+        self,
+        continuation: Continuation,
+        details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
+        handler = continuation(details)
+        if handler is None:
+            return None
+        method = details.method.lstrip("/")
+        behavior = behavior_of(handler)
+        count = self._metrics.rpcs
+        timing = self._metrics.rpc_seconds
+
+        def code_of(context: grpc.ServicerContext, failed: bool) -> str:
+            code = context.code()  # type: ignore[attr-defined]  # grpcio has it; the stubs lag
+            if code is None:
+                return "UNKNOWN" if failed else "OK"
+            return str(code.name)
+
+        if handler.unary_stream or handler.stream_stream:
+
+            def streamed(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                failed = True
+                try:
+                    yield from behavior(request, context)
+                    failed = False
+                finally:
+                    count.labels(method, code_of(context, failed)).inc()
+
+            return with_behavior(handler, streamed)
+
+        def answered(request: Any, context: grpc.ServicerContext) -> Any:
+            started = time.perf_counter()
+            failed = True
+            try:
+                response = behavior(request, context)
+                failed = False
+                return response
+            finally:
+                timing.labels(method).observe(time.perf_counter() - started)
+                count.labels(method, code_of(context, failed)).inc()
+
+        return with_behavior(handler, answered)
