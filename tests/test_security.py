@@ -1,0 +1,194 @@
+"""TLS, mutual TLS, bearer tokens, the loopback rule and the caps, against real servers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from proca_stats.client import (
+    InvalidArgument,
+    ResourceExhausted,
+    StatsClient,
+    Unauthenticated,
+    Unavailable,
+)
+from proca_stats.server.app import StatsServer
+from proca_stats.server.config import ConfigError, Limits, TlsFiles, check_exposure, is_loopback
+from tests.certificates import Authority
+from tests.conftest import wait_for
+
+TOKENS = "# deploy tokens\nalpha-token\n\n  beta-token  \n"
+
+
+def started(server: StatsServer) -> StatsServer:
+    wait_for(lambda: server.store.synced_at, what="the first calculation")
+    return server
+
+
+@pytest.fixture
+def authority(tmp_path: Path) -> Authority:
+    return Authority(tmp_path, "test-ca")
+
+
+@pytest.fixture
+def token_file(tmp_path: Path) -> Path:
+    path = tmp_path / "tokens"
+    path.write_text(TOKENS)
+    return path
+
+
+def tls_client(port: int, authority: Authority, **client_cert: bytes) -> StatsClient:
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=authority.cert.read_bytes(), **client_cert
+    )
+    return StatsClient(f"127.0.0.1:{port}", credentials=credentials, timeout=5)
+
+
+def test_tls_serves_clients_that_trust_the_ca(
+    start_server: Callable[..., StatsServer], database_url: str, authority: Authority
+) -> None:
+    issued = authority.issue("server", server=True)
+    server = started(start_server(database_url, tls=TlsFiles(issued.cert, issued.key)))
+    with tls_client(server.port, authority) as client:
+        client.increment(1, 1, "signature", new_supporter=True)
+        assert client.get_stats(1).supporters == 1
+    with (
+        StatsClient(f"127.0.0.1:{server.port}", timeout=2) as plaintext,
+        pytest.raises(Unavailable),
+    ):
+        plaintext.get_stats(1)
+    stranger = Authority(authority.folder, "other-ca")
+    with tls_client(server.port, stranger) as untrusting, pytest.raises(Unavailable):
+        untrusting.get_stats(1)
+
+
+def test_mutual_tls_requires_a_client_certificate_from_the_ca(
+    start_server: Callable[..., StatsServer], database_url: str, authority: Authority
+) -> None:
+    issued = authority.issue("server", server=True)
+    server = started(
+        start_server(database_url, tls=TlsFiles(issued.cert, issued.key, authority.cert))
+    )
+    member = authority.issue("member", server=False)
+    with tls_client(
+        server.port, authority, private_key=member.key_pem, certificate_chain=member.cert_pem
+    ) as client:
+        assert client.get_stats(1).campaign_id == 1
+    with tls_client(server.port, authority) as anonymous, pytest.raises(Unavailable):
+        anonymous.get_stats(1)
+    outsider = Authority(authority.folder, "rogue-ca").issue("outsider", server=False)
+    with (
+        tls_client(
+            server.port,
+            authority,
+            private_key=outsider.key_pem,
+            certificate_chain=outsider.cert_pem,
+        ) as rogue,
+        pytest.raises(Unavailable),
+    ):
+        rogue.get_stats(1)
+
+
+def test_tokens_guard_increment_and_leave_reads_open(
+    start_server: Callable[..., StatsServer], database_url: str, token_file: Path
+) -> None:
+    server = started(start_server(database_url, token_file=token_file))
+    target = f"127.0.0.1:{server.port}"
+    for token in (None, "wrong", "alpha", "Bearer alpha-token", "# deploy tokens"):
+        with StatsClient(target, token=token) as client, pytest.raises(Unauthenticated):
+            client.increment(1, 1, "signature", new_supporter=True)
+    for token in ("alpha-token", "beta-token"):
+        with StatsClient(target, token=token) as client:
+            client.increment(1, 1, "signature", new_supporter=True)
+    with StatsClient(target) as reader:
+        assert reader.get_stats(1).supporters == 2
+    assert health_status(server.port) == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_protect_reads_guards_get_stats_but_not_health(
+    start_server: Callable[..., StatsServer], database_url: str, token_file: Path
+) -> None:
+    server = started(start_server(database_url, token_file=token_file, protect_reads=True))
+    target = f"127.0.0.1:{server.port}"
+    with StatsClient(target) as anonymous, pytest.raises(Unauthenticated):
+        anonymous.get_stats(1)
+    with StatsClient(target, token="beta-token") as client:
+        assert client.get_stats(1).campaign_id == 1
+    assert health_status(server.port) == health_pb2.HealthCheckResponse.SERVING
+
+
+def health_status(port: int) -> int:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=5
+        )
+    return int(reply.status)
+
+
+def test_caps_refuse_new_campaigns_and_keys_but_nothing_else(
+    start_server: Callable[..., StatsServer], database_url: str
+) -> None:
+    limits = Limits(max_campaigns=2, max_keys_per_map=2)
+    server = started(start_server(database_url, limits=limits))
+    with StatsClient(f"127.0.0.1:{server.port}") as client:
+        client.increment(1, 1, "a", area="DE", new_supporter=True)
+        client.increment(2, 1, "a", new_supporter=True)
+        with pytest.raises(ResourceExhausted, match=r"campaign_id: .*--max-campaigns"):
+            client.increment(3, 1, "a", new_supporter=True)
+        client.increment(1, 2, "b", area="FR", new_supporter=True)
+        with pytest.raises(ResourceExhausted, match=r"area: .*--max-keys-per-map"):
+            client.increment(1, 1, "a", area="IT", new_supporter=True)
+        with pytest.raises(ResourceExhausted, match="action_type: "):
+            client.increment(1, 1, "c", new_supporter=True)
+        with pytest.raises(ResourceExhausted, match="org_id: "):
+            client.increment(1, 3, "a", new_supporter=True)
+        client.increment(1, 2, "b", area="FR", new_supporter=True)  # existing keys still count
+        stats = client.get_stats(1)
+        assert stats.supporters == 3
+        assert dict(stats.actions_by_type) == {"a": 1, "b": 2}
+        assert dict(stats.supporters_by_area) == {"DE": 1, "FR": 2}
+        assert dict(stats.supporters_by_org) == {1: 1, 2: 2}
+        assert client.get_stats(3).supporters == 0
+        assert len(server.store) == 2
+
+
+def test_oversized_request_is_refused(
+    start_server: Callable[..., StatsServer], database_url: str
+) -> None:
+    server = started(start_server(database_url, limits=Limits(max_request_bytes=1024)))
+    with StatsClient(f"127.0.0.1:{server.port}") as client:
+        with pytest.raises(ResourceExhausted):
+            client.increment(1, 1, "x" * 2000)
+        with pytest.raises(InvalidArgument):  # under the size cap, over the contract's limit
+            client.increment(1, 1, "x" * 900)
+        assert client.get_stats(1).supporters == 0
+
+
+def test_bytes_that_are_not_protobuf_are_invalid_argument(server: StatsServer) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        raw = channel.unary_unary("/proca.stats.v1.StatsService/Increment")
+        for junk in (b"\xff\xff\xff", b"\x1a\x02\xc3\x28"):  # bad tag; field 3 not UTF-8
+            with pytest.raises(grpc.RpcError) as refused:
+                raw(junk, timeout=5)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert refused.value.details().startswith("request: not a valid IncrementRequest")
+    assert len(server.store) == 0
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "[::1]", "localhost"])
+def test_loopback_hosts(host: str) -> None:
+    assert is_loopback(host)
+    check_exposure(host, tls=None, insecure=False)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "[::]", "192.0.2.1", "example.invalid"])
+def test_other_hosts_need_tls_or_insecure(host: str, tmp_path: Path) -> None:
+    assert not is_loopback(host)
+    with pytest.raises(ConfigError, match="--tls-cert and --tls-key, or --insecure"):
+        check_exposure(host, tls=None, insecure=False)
+    check_exposure(host, tls=None, insecure=True)
+    check_exposure(host, tls=TlsFiles(tmp_path / "c", tmp_path / "k"), insecure=False)
