@@ -111,7 +111,8 @@ class StatsServer:
         """Serve at once; figures come when the first calculation succeeds."""
         if self._metrics_listen:
             try:
-                self.metrics_port = self.metrics.serve(*parse_listen(self._metrics_listen))
+                host, port = parse_listen(self._metrics_listen, "--metrics-listen")
+                self.metrics_port = self.metrics.serve(host, port)
             except OSError as error:
                 raise BindError(
                     f"--metrics-listen: cannot listen on {self._metrics_listen}: {error.strerror}"

@@ -70,12 +70,16 @@ def _database_url(args: argparse.Namespace) -> str:
     return start_embedded(args.data_dir)
 
 
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
 def _tls_files(args: argparse.Namespace) -> TlsFiles | None:
     if not (args.tls_cert or args.tls_key or args.tls_client_ca):
         return None
     if not (args.tls_cert and args.tls_key):
         raise ConfigError("--tls-cert and --tls-key: TLS needs both the certificate and its key")
-    return TlsFiles(Path(args.tls_cert), Path(args.tls_key), args.tls_client_ca)
+    return TlsFiles(Path(args.tls_cert), Path(args.tls_key), _path(args.tls_client_ca))
 
 
 def serve_config(args: argparse.Namespace) -> ServeConfig:
@@ -85,7 +89,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
     check_exposure(host, tls, args.insecure)
     check_can_listen(host, port)
     if args.metrics_listen:
-        parse_listen(args.metrics_listen)
+        parse_listen(args.metrics_listen, "--metrics-listen")
     if args.protect_reads and not args.token_file:
         raise ConfigError("--protect-reads: needs --token-file")
     return ServeConfig(
@@ -95,7 +99,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         sync_timeout_ms=parse_milliseconds("--sync-timeout", args.sync_timeout),
         data_dir=args.data_dir,
         tls=tls,
-        token_file=args.token_file,
+        token_file=_path(args.token_file),
         protect_reads=args.protect_reads,
         limits=Limits(
             max_campaigns=parse_count("--max-campaigns", args.max_campaigns),

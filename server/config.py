@@ -56,16 +56,16 @@ class ServeConfig:
     connect_timeout: float = 10.0  # seconds to wait for a database connection
 
 
-def parse_listen(value: str) -> tuple[str, int]:
+def parse_listen(value: str, flag: str = "--listen") -> tuple[str, int]:
     """Split HOST:PORT (IPv6 as [::1]:PORT); port 0 asks the system for a free one."""
     host, sep, port_text = value.rpartition(":")
     if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
-        raise ConfigError(f"--listen: expected HOST:PORT such as {DEFAULT_LISTEN}, got {value!r}")
+        raise ConfigError(f"{flag}: expected HOST:PORT such as {DEFAULT_LISTEN}, got {value!r}")
     if host.startswith("[") and host.endswith("]"):
         try:
             ipaddress.IPv6Address(host[1:-1])
         except ValueError:
-            raise ConfigError(f"--listen: {host} is not an IPv6 address") from None
+            raise ConfigError(f"{flag}: {host} is not an IPv6 address") from None
     return host, int(port_text)
 
 

@@ -70,6 +70,9 @@ class SyncWorker:
     def start(self) -> None:
         self._thread.start()
 
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
     def request(self) -> None:
         """Run a calculation now rather than at the next interval."""
         self._wake.set()

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,10 +20,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from proca_stats.client.v1.stats_pb2 import CampaignStats
 from proca_stats.server.app import StatsServer
+from tests.certificates import Authority
 from tests.conftest import wait_for
 from tests.proca_data import ProcaData
 
 PROCA_STATS = str(Path(sys.executable).with_name("proca-stats"))
+Serving = health_pb2.HealthCheckResponse
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -59,8 +62,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def is_serving(port: int) -> bool:
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+def is_serving(port: int, root_certificates: bytes | None = None) -> bool:
+    target = f"127.0.0.1:{port}"
+    with (
+        grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates))
+        if root_certificates
+        else grpc.insecure_channel(target)
+    ) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=1
@@ -75,7 +83,11 @@ def serve() -> Iterator[Callable[..., tuple[subprocess.Popen[str], int]]]:
     """Starts `proca-stats serve` processes; waits until each is SERVING."""
     processes: list[subprocess.Popen[str]] = []
 
-    def start(*args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], int]:
+    def start(
+        *args: str,
+        env: dict[str, str] | None = None,
+        ready: Callable[[int], bool] = is_serving,
+    ) -> tuple[subprocess.Popen[str], int]:
         port = free_port()
         process = subprocess.Popen(
             [PROCA_STATS, "serve", "--listen", f"127.0.0.1:{port}", *args],
@@ -86,7 +98,7 @@ def serve() -> Iterator[Callable[..., tuple[subprocess.Popen[str], int]]]:
         )
         processes.append(process)
         wait_for(
-            lambda: process.poll() is not None or is_serving(port),
+            lambda: process.poll() is not None or ready(port),
             timeout=60,
             what="the server to be SERVING",
         )
@@ -223,3 +235,114 @@ def test_port_in_use_ends_with_one_line(database_url: str) -> None:
 def test_get_from_a_server_that_is_not_there() -> None:
     done = run_cli("get", "1", "--target", f"127.0.0.1:{free_port()}", "--timeout", "2")
     assert_one_line_error(done)
+
+
+class HealthWatch:
+    """A health Watch stream on a server process, its statuses collected by a thread."""
+
+    def __init__(self, port: int) -> None:
+        self.statuses: list[int] = []
+        self._channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        self._stream = health_pb2_grpc.HealthStub(self._channel).Watch(
+            health_pb2.HealthCheckRequest()
+        )
+        self._thread = threading.Thread(target=self._collect, daemon=True)
+        self._thread.start()
+
+    def _collect(self) -> None:
+        try:
+            for reply in self._stream:
+                self.statuses.append(reply.status)
+        except grpc.RpcError:
+            pass  # cancelled by us or ended by the server's shutdown
+
+    def close(self) -> None:
+        self._stream.cancel()
+        self._channel.close()
+
+
+def test_sigterm_says_not_serving_then_exits_zero(
+    serve: Callable[..., tuple[subprocess.Popen[str], int]], database_url: str
+) -> None:
+    process, port = serve("--database-url", database_url, "--grace", "30")
+    watch = HealthWatch(port)
+    wait_for(lambda: Serving.SERVING in watch.statuses, what="SERVING on the stream")
+    process.send_signal(signal.SIGTERM)
+    wait_for(lambda: Serving.NOT_SERVING in watch.statuses, what="NOT_SERVING on the stream")
+    watch.close()  # the last in-flight RPC ends: the server need not wait out its grace
+    assert process.wait(timeout=20) == 0
+    _, stderr = process.communicate()
+    assert "stopped" in stderr
+
+
+def test_a_second_signal_exits_at_once(
+    serve: Callable[..., tuple[subprocess.Popen[str], int]], database_url: str
+) -> None:
+    process, port = serve("--database-url", database_url, "--grace", "600")
+    watch = HealthWatch(port)  # an in-flight RPC the first signal waits for
+    wait_for(lambda: Serving.SERVING in watch.statuses, what="SERVING on the stream")
+    process.send_signal(signal.SIGTERM)
+    wait_for(lambda: Serving.NOT_SERVING in watch.statuses, what="NOT_SERVING on the stream")
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=20) == 128 + signal.SIGTERM
+    watch.close()
+
+
+def test_json_logs_one_object_per_line_and_nothing_per_rpc(
+    serve: Callable[..., tuple[subprocess.Popen[str], int]], database_url: str
+) -> None:
+    process, port = serve("--database-url", database_url, "--log-format", "json")
+    for _ in range(5):
+        assert run_cli("get", "1", "--target", f"127.0.0.1:{port}").returncode == 0
+    process.terminate()
+    assert process.wait(timeout=20) == 0
+    _, stderr = process.communicate()
+    entries = [json.loads(line) for line in stderr.splitlines()]
+    assert {"time", "level", "logger", "message"} <= set(entries[0])
+    assert any(e["message"].startswith("sync: 0 campaigns") for e in entries)
+    assert not any("GetStats" in e["message"] for e in entries)
+
+
+def test_token_and_tls_options_of_the_client_commands(
+    serve: Callable[..., tuple[subprocess.Popen[str], int]],
+    database_url: str,
+    tmp_path: Path,
+) -> None:
+    authority = Authority(tmp_path, "ca")
+    issued = authority.issue("server", server=True)
+    tokens = tmp_path / "tokens"
+    tokens.write_text("secret-token\n")
+    process, port = serve(
+        "--database-url", database_url,
+        "--tls-cert", str(issued.cert), "--tls-key", str(issued.key),
+        "--token-file", str(tokens),
+        ready=lambda port: is_serving(port, authority.cert.read_bytes()),
+    )  # fmt: skip
+    target = ("--target", f"127.0.0.1:{port}", "--tls-ca", str(authority.cert))
+    increment = ("increment", "--campaign", "1", "--org", "1", "--type", "signature", *target)
+    assert_one_line_error(run_cli(*increment), "authorization: Bearer")
+    done = run_cli(*increment, "--new-supporter", "--token-file", str(tokens))
+    assert done.returncode == 0, done.stderr
+    got = run_cli("get", "1", *target)
+    assert json.loads(got.stdout)["supporters"] == "1"
+    process.terminate()
+    assert process.wait(timeout=20) == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (("--listen", "0.0.0.0:0"), ("--listen: 0.0.0.0 is reachable", "--insecure")),
+        (("--tls-cert", "/nonexistent.crt"), ("--tls-cert and --tls-key",)),
+        (("--tls-cert", "/no.crt", "--tls-key", "/no.key"), ("--tls-key: cannot read /no.key",)),
+        (("--token-file", "/nonexistent"), ("--token-file: cannot read /nonexistent",)),
+        (("--protect-reads",), ("--protect-reads: needs --token-file",)),
+        (("--max-campaigns", "0"), ("--max-campaigns: must be >= 1",)),
+        (("--metrics-listen", "nowhere"), ("--metrics-listen: expected HOST:PORT",)),
+    ],
+)
+def test_serve_mistakes_end_with_one_line(
+    args: tuple[str, ...], fragments: tuple[str, ...], database_url: str
+) -> None:
+    done = run_cli("serve", "--database-url", database_url, *args)
+    assert_one_line_error(done, *fragments)

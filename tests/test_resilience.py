@@ -1,0 +1,177 @@
+"""The sync survives the database: stopped under load, mid-calculation, slow, and never doubled."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from proca_stats.client import StatsClient, StatsError
+from proca_stats.server.app import StatsServer
+from proca_stats.server.database import init_schema
+from tests.conftest import wait_for
+from tests.controlled_postgres import ControlledPostgres
+from tests.proca_data import ProcaData
+
+
+@pytest.fixture
+def own_postgres(tmp_path: Path) -> Iterator[ControlledPostgres]:
+    postgres = ControlledPostgres(tmp_path)
+    init_schema(postgres.url)
+    yield postgres
+    postgres.close()
+
+
+def one_campaign(url: str) -> int:
+    """A campaign with one counted supporter and 5 extra ones: 6 supporters."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        db = ProcaData(conn)
+        org = db.org()
+        campaign = db.campaign(org)
+        page = db.page(campaign, org, extra_supporters=5)
+        db.person(campaign, page, b"alice", area="DE")
+        return campaign
+
+
+def failures(server: StatsServer) -> float:
+    return server.metrics.registry.get_sample_value("proca_stats_sync_failures_total") or 0.0
+
+
+def ready(server: StatsServer) -> StatsServer:
+    wait_for(lambda: server.store.synced_at, what="the first calculation")
+    return server
+
+
+class Load:
+    """Increments and GetStats from two threads until stopped; any failed call is kept."""
+
+    def __init__(self, port: int, campaign: int) -> None:
+        self.errors: list[Exception] = []
+        self.calls = 0
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._run, args=(port, campaign, write))
+            for write in (True, False)
+        ]
+
+    def _run(self, port: int, campaign: int, write: bool) -> None:
+        with StatsClient(f"127.0.0.1:{port}", timeout=5) as client:
+            while not self._stop.is_set():
+                try:
+                    if write:
+                        client.increment(999, 1, "signature", new_supporter=True)
+                    else:
+                        assert client.get_stats(campaign).supporters >= 6
+                    self.calls += 1
+                except (StatsError, AssertionError) as error:
+                    self.errors.append(error)
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+
+def test_database_stopped_and_restarted_under_load(
+    own_postgres: ControlledPostgres, start_server: Callable[..., StatsServer]
+) -> None:
+    campaign = one_campaign(own_postgres.url)
+    server = ready(start_server(own_postgres.url, sync_interval_ms=100, connect_timeout=1.0))
+    with Load(server.port, campaign) as load:
+        wait_for(lambda: load.calls > 50, what="calls before the stop")
+        own_postgres.stop()
+        wait_for(lambda: failures(server) >= 2, what="failed syncs to be counted")
+        calls_while_down = load.calls
+        wait_for(
+            lambda: load.calls > calls_while_down + 50, what="calls while the database is down"
+        )
+        with StatsClient(f"127.0.0.1:{server.port}") as client:
+            assert client.get_stats(campaign).supporters == 6  # the last figures, not wiped
+        own_postgres.start()
+        restarted_at = own_postgres.now()
+        wait_for(
+            lambda: (synced := server.store.synced_at) is not None and synced > restarted_at,
+            timeout=60,
+            what="a sync after the restart",
+        )
+    assert load.errors == []
+    assert server.sync.is_alive()
+
+
+def hold_lock(url: str) -> psycopg.Connection:
+    """A connection holding an exclusive lock on actions, so a calculation waits behind it."""
+    conn = psycopg.connect(url)
+    conn.execute("LOCK TABLE actions IN ACCESS EXCLUSIVE MODE")
+    return conn
+
+
+def calculations_waiting(url: str) -> int:
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE application_name = 'proca-stats' AND wait_event_type = 'Lock'"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_database_stopped_in_the_middle_of_a_calculation(
+    own_postgres: ControlledPostgres, start_server: Callable[..., StatsServer]
+) -> None:
+    campaign = one_campaign(own_postgres.url)
+    server = ready(start_server(own_postgres.url, connect_timeout=1.0))
+    first = server.store.synced_at
+    lock = hold_lock(own_postgres.url)
+    server.sync.request()
+    wait_for(lambda: calculations_waiting(own_postgres.url) == 1, what="a blocked calculation")
+    own_postgres.stop()
+    lock.close()
+    wait_for(lambda: failures(server) >= 1, what="the interrupted calculation to fail")
+    assert server.store.synced_at == first
+    with StatsClient(f"127.0.0.1:{server.port}") as client:
+        assert client.get_stats(campaign).supporters == 6
+    own_postgres.start()
+    wait_for(lambda: server.store.synced_at != first, timeout=60, what="the retry to succeed")
+
+
+def test_a_calculation_past_the_timeout_is_cancelled_and_retried(
+    database_url: str, db: ProcaData, start_server: Callable[..., StatsServer]
+) -> None:
+    server = ready(start_server(database_url, sync_timeout_ms=200))
+    first = server.store.synced_at
+    lock = hold_lock(database_url)
+    try:
+        server.sync.request()
+        wait_for(lambda: failures(server) >= 1, what="the calculation to time out")
+        assert server.store.synced_at == first
+    finally:
+        lock.close()
+    wait_for(lambda: server.store.synced_at != first, what="the next calculation")
+
+
+def test_never_two_calculations_at_once(
+    database_url: str, start_server: Callable[..., StatsServer]
+) -> None:
+    server = ready(start_server(database_url))
+    first = server.store.synced_at
+    lock = hold_lock(database_url)
+    try:
+        for _ in range(5):
+            server.sync.request()
+        wait_for(lambda: calculations_waiting(database_url) == 1, what="a blocked calculation")
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'proca-stats'"
+            ).fetchone()
+        assert row is not None
+        assert row[0] == 1
+    finally:
+        lock.close()
+    wait_for(lambda: server.store.synced_at != first, what="the calculation to finish")
