@@ -123,7 +123,9 @@ def calculations_waiting(url: str) -> int:
 
 
 def test_database_stopped_in_the_middle_of_a_calculation(
-    own_postgres: ControlledPostgres, start_server: Callable[..., StatsServer]
+    own_postgres: ControlledPostgres,
+    start_server: Callable[..., StatsServer],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     campaign = one_campaign(own_postgres.url)
     server = ready(start_server(own_postgres.url, connect_timeout=1.0))
@@ -135,6 +137,9 @@ def test_database_stopped_in_the_middle_of_a_calculation(
     lock.close()
     wait_for(lambda: failures(server) >= 1, what="the interrupted calculation to fail")
     assert server.store.synced_at == first
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(m.startswith("sync failed: database error: ") for m in warnings), warnings
+    assert any(m.startswith("keeping the last figures; next try in ") for m in warnings)
     with StatsClient(f"127.0.0.1:{server.port}") as client:
         assert client.get_stats(campaign).supporters == 6
     own_postgres.start()
@@ -142,7 +147,7 @@ def test_database_stopped_in_the_middle_of_a_calculation(
 
 
 def test_a_calculation_past_the_timeout_is_cancelled_and_retried(
-    database_url: str, db: ProcaData, start_server: Callable[..., StatsServer]
+    database_url: str, start_server: Callable[..., StatsServer], caplog: pytest.LogCaptureFixture
 ) -> None:
     server = ready(start_server(database_url, sync_timeout_ms=200))
     first = server.store.synced_at
@@ -151,6 +156,7 @@ def test_a_calculation_past_the_timeout_is_cancelled_and_retried(
         server.sync.request()
         wait_for(lambda: failures(server) >= 1, what="the calculation to time out")
         assert server.store.synced_at == first
+        assert "the calculation ran past --sync-timeout" in caplog.text
     finally:
         lock.close()
     wait_for(lambda: server.store.synced_at != first, what="the next calculation")
