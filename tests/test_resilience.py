@@ -118,6 +118,7 @@ def calculations_waiting(url: str) -> int:
         row = conn.execute(
             "SELECT count(*) FROM pg_stat_activity"
             " WHERE application_name = 'proca-stats' AND wait_event_type = 'Lock'"
+            " AND datname = current_database()"
         ).fetchone()
     return int(row[0]) if row else 0
 
@@ -174,7 +175,8 @@ def test_never_two_calculations_at_once(
         wait_for(lambda: calculations_waiting(database_url) == 1, what="a blocked calculation")
         with psycopg.connect(database_url, autocommit=True) as conn:
             row = conn.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'proca-stats'"
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE application_name = 'proca-stats' AND datname = current_database()"
             ).fetchone()
         assert row is not None
         assert row[0] == 1
