@@ -17,6 +17,7 @@ from .counters import Snapshot
 from .service import StatsServicer
 from .store import StatsStore
 from .sync import SyncWorker
+from .watchers import Watchers
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,8 @@ class StatsServer:
     """Everything `proca-stats serve` runs, over a database given by URL."""
 
     def __init__(self, config: ServeConfig, database_url: str) -> None:
-        self.store = StatsStore()
+        self.watchers = Watchers(config.max_watchers)
+        self.store = StatsStore(self.watchers)
         self._pool = ConnectionPool(
             database_url,
             min_size=1,
@@ -55,13 +57,25 @@ class StatsServer:
         )
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self._grpc = grpc.server(
+            # A WatchStats stream holds its thread while it waits; with a thread for
+            # every allowed watcher on top, watchers can never starve unary RPCs.
             futures.ThreadPoolExecutor(
-                max_workers=config.workers, thread_name_prefix="proca-stats-rpc"
+                max_workers=config.workers + config.max_watchers,
+                thread_name_prefix="proca-stats-rpc",
             ),
-            # Without this, a second server on the same port would start silently.
-            options=[("grpc.so_reuseport", 0)],
+            options=[
+                # Without this, a second server on the same port would start silently.
+                ("grpc.so_reuseport", 0),
+                # Ping idle connections so that a watcher whose client vanished
+                # without closing its connection is dropped, not kept forever.
+                ("grpc.keepalive_time_ms", 60_000),
+                ("grpc.keepalive_timeout_ms", 20_000),
+                ("grpc.http2.max_pings_without_data", 0),
+            ],
         )
-        stats_pb2_grpc.add_StatsServiceServicer_to_server(StatsServicer(self.store), self._grpc)
+        stats_pb2_grpc.add_StatsServiceServicer_to_server(
+            StatsServicer(self.store, self.watchers), self._grpc
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc
@@ -80,8 +94,10 @@ class StatsServer:
         self.sync.start()
 
     def stop(self, grace: float | None = None) -> None:
-        """Finish in-flight RPCs within ``grace`` seconds, then stop the sync and close the pool."""
+        """End watch streams, finish other in-flight RPCs within ``grace`` seconds, then stop
+        the sync and close the pool."""
         self._health.enter_graceful_shutdown()
+        self.watchers.close()
         self._grpc.stop(grace).wait()
         self.sync.stop()
         self._pool.close()

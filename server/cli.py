@@ -28,12 +28,14 @@ from .calculation import calculate
 from .config import (
     DEFAULT_DATA_DIR,
     DEFAULT_LISTEN,
+    DEFAULT_MAX_WATCHERS,
     DEFAULT_SYNC_INTERVAL_MS,
     ConfigError,
     ServeConfig,
     check_can_listen,
     check_database_url,
     parse_listen,
+    parse_max_watchers,
     parse_sync_interval,
 )
 from .database import EmbeddedDatabaseError, init_schema, start_embedded
@@ -67,6 +69,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         listen=args.listen,
         database_url=args.database_url,
         sync_interval_ms=parse_sync_interval(args.sync_interval),
+        max_watchers=parse_max_watchers(args.max_watchers),
         data_dir=args.data_dir,
     )
     server = StatsServer(config, _database_url(args))
@@ -170,6 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MS",
         help="milliseconds between full calculations; 0 = only at start "
         f"(env SYNC_INTERVAL, default {DEFAULT_SYNC_INTERVAL_MS})",
+    )
+    serve.add_argument(
+        "--max-watchers",
+        default=_env_default("PROCA_STATS_MAX_WATCHERS", str(DEFAULT_MAX_WATCHERS)),
+        metavar="N",
+        help="how many WatchStats streams may be open at once; each holds a thread "
+        f"(env PROCA_STATS_MAX_WATCHERS, default {DEFAULT_MAX_WATCHERS})",
     )
     serve.add_argument(
         "--grace",

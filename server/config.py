@@ -13,6 +13,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_SYNC_INTERVAL_MS = 60_000  # Proca's SYNC_INTERVAL
+DEFAULT_MAX_WATCHERS = 1000
 DEFAULT_DATA_DIR = platformdirs.user_data_path("proca-stats")
 
 
@@ -26,7 +27,8 @@ class ServeConfig:
     database_url: str | None = None  # None: run on the embedded PostgreSQL
     sync_interval_ms: int = DEFAULT_SYNC_INTERVAL_MS
     data_dir: Path = DEFAULT_DATA_DIR
-    workers: int = 16  # threads answering RPCs
+    workers: int = 16  # threads answering unary RPCs
+    max_watchers: int = DEFAULT_MAX_WATCHERS  # open WatchStats streams, each holding a thread
     connect_timeout: float = 10.0  # seconds to wait for a database connection
 
 
@@ -69,12 +71,21 @@ def check_database_url(url: str) -> str:
     return url
 
 
+def _non_negative(flag: str, value: str, expected: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise ConfigError(f"{flag}: expected {expected}, got {value!r}") from None
+    if number < 0:
+        raise ConfigError(f"{flag}: must be >= 0, got {number}")
+    return number
+
+
 def parse_sync_interval(value: str) -> int:
     """Milliseconds between calculations; 0 calculates only at start."""
-    try:
-        interval = int(value)
-    except ValueError:
-        raise ConfigError(f"--sync-interval: expected milliseconds, got {value!r}") from None
-    if interval < 0:
-        raise ConfigError(f"--sync-interval: must be >= 0, got {interval}")
-    return interval
+    return _non_negative("--sync-interval", value, "milliseconds")
+
+
+def parse_max_watchers(value: str) -> int:
+    """How many WatchStats streams may be open at once; 0 refuses every one."""
+    return _non_negative("--max-watchers", value, "a number of streams")
