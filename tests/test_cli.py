@@ -3,33 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import grpc
 import psycopg
 import pytest
 from google.protobuf import json_format
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from proca_stats.client.v1.stats_pb2 import CampaignStats
 from proca_stats.server.app import StatsServer
-from tests.conftest import wait_for
+from tests.conftest import PROCA_STATS, clean_env, free_port, is_serving
 from tests.proca_data import ProcaData
-
-PROCA_STATS = str(Path(sys.executable).with_name("proca-stats"))
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """The environment without any database or server setting of the caller's."""
-    names = ("DATABASE_URL", "TEST_DATABASE_URL", "SYNC_INTERVAL", "PROCA_STATS_LISTEN")
-    env = {k: v for k, v in os.environ.items() if k not in names}
-    return env | extra
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -51,53 +38,6 @@ def assert_one_line_error(done: subprocess.CompletedProcess[str], *fragments: st
     assert lines[0].startswith("proca-stats: error: ")
     for fragment in fragments:
         assert fragment in lines[0]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def is_serving(port: int) -> bool:
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=1
-            )
-        except grpc.RpcError:
-            return False
-    return reply.status == health_pb2.HealthCheckResponse.SERVING
-
-
-@pytest.fixture
-def serve() -> Iterator[Callable[..., tuple[subprocess.Popen[str], int]]]:
-    """Starts `proca-stats serve` processes; waits until each is SERVING."""
-    processes: list[subprocess.Popen[str]] = []
-
-    def start(*args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], int]:
-        port = free_port()
-        process = subprocess.Popen(
-            [PROCA_STATS, "serve", "--listen", f"127.0.0.1:{port}", *args],
-            env=clean_env() if env is None else env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        processes.append(process)
-        wait_for(
-            lambda: process.poll() is not None or is_serving(port),
-            timeout=60,
-            what="the server to be SERVING",
-        )
-        assert process.poll() is None, process.communicate()
-        return process, port
-
-    yield start
-    for process in processes:
-        if process.poll() is None:
-            process.kill()
-        process.communicate()
 
 
 def test_serve_get_increment_and_stop_on_sigterm(
