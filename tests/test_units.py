@@ -109,7 +109,8 @@ def test_watchers_are_capped_released_once_and_closed() -> None:
     assert len(watchers) == 1
     third = watchers.open(2)
     watchers.close()
-    assert second.closed and third.closed
+    assert second.closed
+    assert third.closed
     assert not second.wait(not_before=0, timeout=60)  # a closed watcher never blocks
     with pytest.raises(WatchersClosed):
         watchers.open(3)
