@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from concurrent import futures
 
@@ -22,6 +23,22 @@ from .watchers import Watchers
 log = logging.getLogger(__name__)
 
 SERVICE_NAME: str = stats_pb2.DESCRIPTOR.services_by_name["StatsService"].full_name
+
+
+REFUSING_THREADS = 4  # WatchStats threads beyond the limit, to answer RESOURCE_EXHAUSTED
+
+
+def _run_on_pool(servicer: object, method: str, pool: futures.ThreadPoolExecutor) -> None:
+    """Make gRPC run one RPC of ``servicer`` on ``pool`` rather than on the server's pool.
+
+    gRPC's sync server runs a handler on the pool named by its behaviour's
+    ``experimental_thread_pool`` attribute (grpc's own health service uses it
+    for Watch). The attribute goes on a copy bound to this servicer, not on the
+    class, so that several servers in one process keep their pools apart.
+    """
+    behaviour = functools.partial(getattr(type(servicer), method), servicer)
+    behaviour.__dict__["experimental_thread_pool"] = pool
+    setattr(servicer, method, behaviour)
 
 
 class BindError(RuntimeError):
@@ -57,11 +74,8 @@ class StatsServer:
         )
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self._grpc = grpc.server(
-            # A WatchStats stream holds its thread while it waits; with a thread for
-            # every allowed watcher on top, watchers can never starve unary RPCs.
             futures.ThreadPoolExecutor(
-                max_workers=config.workers + config.max_watchers,
-                thread_name_prefix="proca-stats-rpc",
+                max_workers=config.workers, thread_name_prefix="proca-stats-rpc"
             ),
             options=[
                 # Without this, a second server on the same port would start silently.
@@ -73,9 +87,17 @@ class StatsServer:
                 ("grpc.http2.max_pings_without_data", 0),
             ],
         )
-        stats_pb2_grpc.add_StatsServiceServicer_to_server(
-            StatsServicer(self.store, self.watchers), self._grpc
+        # A stream holds its thread for as long as it is open, so WatchStats gets a
+        # pool of its own: a thread per allowed watcher, and a few to refuse the
+        # ones past the limit at once. Watchers can then never take the unary
+        # RPCs' threads, and their idle threads never sit in the unary pool.
+        self._watch_pool = futures.ThreadPoolExecutor(
+            max_workers=config.max_watchers + REFUSING_THREADS,
+            thread_name_prefix="proca-stats-watch",
         )
+        servicer = StatsServicer(self.store, self.watchers)
+        _run_on_pool(servicer, "WatchStats", self._watch_pool)
+        stats_pb2_grpc.add_StatsServiceServicer_to_server(servicer, self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc
@@ -99,6 +121,7 @@ class StatsServer:
         self._health.enter_graceful_shutdown()
         self.watchers.close()
         self._grpc.stop(grace).wait()
+        self._watch_pool.shutdown(wait=False)
         self.sync.stop()
         self._pool.close()
 

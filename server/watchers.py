@@ -10,6 +10,7 @@ when it is ready, never a backlog.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Mapping
@@ -26,24 +27,32 @@ class WatchersClosed(Exception):
 
 
 class Watcher:
-    """One stream's mailbox: a 'your campaign changed' flag and a 'stop' flag, nothing queued."""
+    """One stream's mailbox: a 'your campaign changed' flag and a 'stop' flag, nothing queued.
+
+    The waiting thread sleeps on a bare lock used as a binary semaphore (held:
+    nothing new), the cheapest wake-up Python has: a change costs a watcher one
+    wake-up, not the bookkeeping of a Condition.
+    """
 
     def __init__(self, campaign_id: int) -> None:
         self.campaign_id = campaign_id
-        self._condition = threading.Condition(threading.Lock())
+        self._wake = threading.Lock()
+        self._wake.acquire()
         self._changed = False
         self._closed = False
 
+    def _signal(self) -> None:
+        with contextlib.suppress(RuntimeError):  # released already: a wake-up is pending
+            self._wake.release()
+
     def notify(self) -> None:
-        with self._condition:
-            self._changed = True
-            self._condition.notify()
+        self._changed = True
+        self._signal()
 
     def close(self) -> None:
         """End the stream: the waiting thread wakes and stops (idempotent)."""
-        with self._condition:
-            self._closed = True
-            self._condition.notify()
+        self._closed = True
+        self._signal()
 
     @property
     def closed(self) -> bool:
@@ -55,22 +64,20 @@ class Watcher:
         seconds passed without a change, so the caller can check its stream is alive.
 
         A change that comes early is held until ``not_before``, so every change
-        since the last message goes out together in the next one.
+        since the last message goes out together in the next one. The flags are
+        set before the wake-up, so one that comes between a check and the sleep
+        only makes the sleep return at once.
         """
         deadline = time.monotonic() + timeout
-        with self._condition:
-            while not self._closed:
-                now = time.monotonic()
-                if self._changed:
-                    if now >= not_before:
-                        self._changed = False
-                        return True
-                    self._condition.wait(not_before - now)
-                elif now >= deadline:
-                    return False
-                else:
-                    self._condition.wait(deadline - now)
-            return False
+        while not self._closed:
+            now = time.monotonic()
+            if self._changed and now >= not_before:
+                self._changed = False
+                return True
+            if not self._changed and now >= deadline:
+                return False
+            self._wake.acquire(timeout=(not_before if self._changed else deadline) - now)
+        return False
 
 
 class Watchers:
