@@ -13,6 +13,7 @@ import psycopg
 import pytest
 from google.protobuf import json_format
 
+from proca_stats.client import ResourceExhausted, StatsClient
 from proca_stats.client.v1.stats_pb2 import CampaignStats
 from proca_stats.server.app import StatsServer
 from tests.conftest import PROCA_STATS, clean_env, free_port, is_serving
@@ -83,6 +84,23 @@ def test_environment_configures_serve(
     assert process.wait(timeout=30) == 0
 
 
+@pytest.mark.parametrize("configured", ["flag", "environment"])
+def test_max_watchers_limits_watch_streams(
+    serve: Callable[..., tuple[subprocess.Popen[str], int]], database_url: str, configured: str
+) -> None:
+    env = clean_env(DATABASE_URL=database_url, SYNC_INTERVAL="0")
+    if configured == "flag":
+        _, port = serve("--max-watchers", "0", env=env)
+    else:
+        _, port = serve(env=env | {"PROCA_STATS_MAX_WATCHERS": "0"})
+    with (
+        StatsClient(f"127.0.0.1:{port}") as client,
+        client.watch_stats(1) as watch,
+        pytest.raises(ResourceExhausted, match="0 watchers"),
+    ):
+        next(watch)
+
+
 def test_dump_prints_one_json_line_per_campaign(db: ProcaData, database_url: str) -> None:
     org = db.org()
     campaign = db.campaign(org)
@@ -142,6 +160,7 @@ def test_increment_refused_by_the_server(server: StatsServer) -> None:
         (("serve", "--listen", "127.0.0.1:99999"), ("--listen",)),
         (("serve", "--sync-interval", "-5", "--database-url", "x"), ("--sync-interval",)),
         (("serve", "--sync-interval", "soon", "--database-url", "x"), ("--sync-interval",)),
+        (("serve", "--max-watchers", "-1", "--database-url", "x"), ("--max-watchers",)),
         (("dump", "--database-url", "postgresql://127.0.0.1:1/nowhere"), ("127.0.0.1",)),
         (("dump", "--database-url", "not a url"), ("--database-url: not a PostgreSQL URL",)),
         (("db", "init", "--database-url", "postgresql://127.0.0.1:1/x"), ("127.0.0.1",)),
