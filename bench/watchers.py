@@ -159,7 +159,7 @@ async def _watch(target: str, count: int, ready: Connection, stop: Connection) -
 
 def watch(target: str, count: int, ready: Connection, stop: Connection) -> None:
     """The watchers' process: ``count`` streams until told to stop."""
-    os.nice(19)
+    os.nice(19)  # on a small machine: measure what the server pays, not what reading costs
     asyncio.run(_watch(target, count, ready, stop))
 
 
