@@ -21,6 +21,7 @@ from .errors import (
 )
 from .stats_client import DEFAULT_TARGET, StatsClient
 from .v1.stats_pb2 import CampaignStats
+from .watch import StatsWatch
 
 __all__ = [
     "DEFAULT_TARGET",
@@ -39,6 +40,7 @@ __all__ = [
     "ResourceExhausted",
     "StatsClient",
     "StatsError",
+    "StatsWatch",
     "Unauthenticated",
     "Unavailable",
     "Unimplemented",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from types import TracebackType
 from typing import TypeVar
 
@@ -10,6 +11,7 @@ import grpc
 from .errors import error_from
 from .v1 import stats_pb2, stats_pb2_grpc
 from .v1.stats_pb2 import CampaignStats
+from .watch import StatsWatch
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 
@@ -56,6 +58,27 @@ class StatsClient:
         """The campaign's counters; an unknown campaign has zeros."""
         request = stats_pb2.GetStatsRequest(campaign_id=campaign_id)
         return self._call(self._stub.GetStats, request, timeout).stats
+
+    def batch_get_stats(
+        self, campaign_ids: Iterable[int], *, timeout: float | None = None
+    ) -> list[CampaignStats]:
+        """The counters of 1..1000 campaigns, one entry per id in the order given."""
+        request = stats_pb2.BatchGetStatsRequest(campaign_ids=campaign_ids)
+        return list(self._call(self._stub.BatchGetStats, request, timeout).stats)
+
+    def watch_stats(
+        self, campaign_id: int, *, min_interval_ms: int = 0, timeout: float | None = None
+    ) -> StatsWatch:
+        """The campaign's counters now, then whenever they change, at most once per
+        ``min_interval_ms`` (0: the server's default of 1000, else at least 100).
+
+        The stream has no deadline unless ``timeout`` (seconds) is given: it is
+        meant to stay open for as long as a page shows the counter.
+        """
+        request = stats_pb2.WatchStatsRequest(
+            campaign_id=campaign_id, min_interval_ms=min_interval_ms
+        )
+        return StatsWatch(self._stub.WatchStats(request, timeout=timeout))
 
     def increment(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from concurrent import futures
 
@@ -19,10 +20,26 @@ from .service import SERVICE, StatsServicer, add_stats_service
 from .store import StatsStore
 from .sync import SyncWorker
 from .tls import server_credentials
+from .watchers import Watchers
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME: str = SERVICE.full_name
+
+REFUSING_THREADS = 4  # WatchStats threads beyond the limit, to answer RESOURCE_EXHAUSTED
+
+
+def _run_on_pool(servicer: object, method: str, pool: futures.ThreadPoolExecutor) -> None:
+    """Make gRPC run one RPC of ``servicer`` on ``pool`` rather than on the server's pool.
+
+    gRPC's sync server runs a handler on the pool named by its behaviour's
+    ``experimental_thread_pool`` attribute (grpc's own health service uses it
+    for Watch). The attribute goes on a copy bound to this servicer, not on the
+    class, so that several servers in one process keep their pools apart.
+    """
+    behaviour = functools.partial(getattr(type(servicer), method), servicer)
+    behaviour.__dict__["experimental_thread_pool"] = pool
+    setattr(servicer, method, behaviour)
 
 
 class BindError(RuntimeError):
@@ -33,7 +50,8 @@ class StatsServer:
     """Everything `proca-stats serve` runs, over a database given by URL."""
 
     def __init__(self, config: ServeConfig, database_url: str) -> None:
-        self.store = StatsStore(config.limits)
+        self.watchers = Watchers(config.max_watchers)
+        self.store = StatsStore(config.limits, self.watchers)
         self.metrics = Metrics(campaigns=self.store.__len__)
         self._pool = ConnectionPool(
             database_url,
@@ -69,9 +87,24 @@ class StatsServer:
                 # Without this, a second server on the same port would start silently.
                 ("grpc.so_reuseport", 0),
                 ("grpc.max_receive_message_length", config.limits.max_request_bytes),
+                # Ping idle connections so that a watcher whose client vanished
+                # without closing its connection is dropped, not kept forever.
+                ("grpc.keepalive_time_ms", 60_000),
+                ("grpc.keepalive_timeout_ms", 20_000),
+                ("grpc.http2.max_pings_without_data", 0),
             ],
         )
-        add_stats_service(StatsServicer(self.store), self._grpc)
+        # A stream holds its thread for as long as it is open, so WatchStats gets a
+        # pool of its own: a thread per allowed watcher, and a few to refuse the
+        # ones past the limit at once. Watchers can then never take the unary
+        # RPCs' threads, and their idle threads never sit in the unary pool.
+        self._watch_pool = futures.ThreadPoolExecutor(
+            max_workers=config.max_watchers + REFUSING_THREADS,
+            thread_name_prefix="proca-stats-watch",
+        )
+        servicer = StatsServicer(self.store, self.watchers)
+        _run_on_pool(servicer, "WatchStats", self._watch_pool)
+        add_stats_service(servicer, self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc
@@ -122,9 +155,12 @@ class StatsServer:
         self.sync.start()
 
     def stop(self, grace: float | None = None) -> None:
-        """Say NOT_SERVING, let in-flight RPCs finish within ``grace`` s, then stop the rest."""
+        """Say NOT_SERVING, end watch streams, let other in-flight RPCs finish within
+        ``grace`` s, then stop the rest."""
         self._health.enter_graceful_shutdown()
+        self.watchers.close()
         self._grpc.stop(grace).wait()
+        self._watch_pool.shutdown(wait=False)
         self.sync.stop()
         self._pool.close()
         self.metrics.close()

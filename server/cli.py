@@ -30,6 +30,7 @@ from .calculation import calculate
 from .config import (
     DEFAULT_DATA_DIR,
     DEFAULT_LISTEN,
+    DEFAULT_MAX_WATCHERS,
     DEFAULT_SYNC_INTERVAL_MS,
     DEFAULT_SYNC_TIMEOUT_MS,
     ConfigError,
@@ -97,6 +98,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         database_url=args.database_url,
         sync_interval_ms=parse_milliseconds("--sync-interval", args.sync_interval),
         sync_timeout_ms=parse_milliseconds("--sync-timeout", args.sync_timeout),
+        max_watchers=parse_count("--max-watchers", args.max_watchers, minimum=0),
         data_dir=args.data_dir,
         tls=tls,
         token_file=_path(args.token_file),
@@ -250,6 +252,12 @@ def _add_serve_options(serve: argparse.ArgumentParser) -> None:
             "PROCA_STATS_MAX_KEYS_PER_MAP",
             str(limits.max_keys_per_map),
             "distinct action types, areas or orgs that Increments may create per campaign",
+        ),
+        (
+            "--max-watchers",
+            "PROCA_STATS_MAX_WATCHERS",
+            str(DEFAULT_MAX_WATCHERS),
+            "WatchStats streams open at once, each holding a thread; 0 refuses them all",
         ),
         (
             "--max-request-bytes",

@@ -14,6 +14,7 @@ from psycopg.conninfo import conninfo_to_dict
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_SYNC_INTERVAL_MS = 60_000  # Proca's SYNC_INTERVAL
 DEFAULT_SYNC_TIMEOUT_MS = 300_000
+DEFAULT_MAX_WATCHERS = 1000
 DEFAULT_DATA_DIR = platformdirs.user_data_path("proca-stats")
 
 
@@ -52,7 +53,8 @@ class ServeConfig:
     protect_reads: bool = False
     limits: Limits = Limits()
     metrics_listen: str | None = None
-    workers: int = 16  # threads answering RPCs
+    workers: int = 16  # threads answering unary RPCs
+    max_watchers: int = DEFAULT_MAX_WATCHERS  # open WatchStats streams, each holding a thread
     connect_timeout: float = 10.0  # seconds to wait for a database connection
 
 
@@ -106,14 +108,14 @@ def parse_milliseconds(flag: str, value: str, minimum: int = 0) -> int:
     return milliseconds
 
 
-def parse_count(flag: str, value: str) -> int:
-    """A whole number >= 1 (a cap or a size)."""
+def parse_count(flag: str, value: str, minimum: int = 1) -> int:
+    """A whole number, at least ``minimum`` (a cap or a size)."""
     try:
         count = int(value)
     except ValueError:
         raise ConfigError(f"{flag}: expected a whole number, got {value!r}") from None
-    if count < 1:
-        raise ConfigError(f"{flag}: must be >= 1, got {count}")
+    if count < minimum:
+        raise ConfigError(f"{flag}: must be >= {minimum}, got {count}")
     return count
 
 

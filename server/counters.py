@@ -22,6 +22,9 @@ class CampaignCounters:
     supporters_by_org: dict[int, int] = field(default_factory=dict)
 
 
+NO_COUNTERS = CampaignCounters()  # what an unknown campaign has
+
+
 @dataclass(frozen=True, slots=True)
 class Increment:
     """One accepted action, already validated (see validation.py)."""

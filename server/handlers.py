@@ -7,6 +7,7 @@ choice is made here once.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -45,6 +46,11 @@ def with_behavior(handler: Handler, behavior: Behavior) -> Handler:
         build = grpc.stream_unary_rpc_method_handler
     else:
         build = grpc.stream_stream_rpc_method_handler
+    original = behavior_of(handler)
+    pool = getattr(original, "experimental_thread_pool", None)
+    if pool is not None:  # the RPC runs on a pool of its own (WatchStats): keep it there
+        behavior = functools.partial(behavior)
+        behavior.__dict__["experimental_thread_pool"] = pool
     return build(
         behavior,
         request_deserializer=handler.request_deserializer,

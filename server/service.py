@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, NoReturn, TypeVar
 
 import grpc
@@ -12,14 +14,29 @@ from google.protobuf.message_factory import GetMessageClass
 
 from proca_stats.client.v1 import stats_pb2, stats_pb2_grpc
 
+from .counters import CampaignCounters
 from .messages import campaign_stats
 from .store import CapacityError, StatsStore
-from .validation import ValidationError, campaign_id_from, increment_from
+from .validation import (
+    ValidationError,
+    Watch,
+    campaign_id_from,
+    campaign_ids_from,
+    increment_from,
+    watch_from,
+)
+from .watchers import Watcher, Watchers, WatchersClosed, WatchersFull
 
 SERVICE = stats_pb2.DESCRIPTOR.services_by_name["StatsService"]
 
 Request = TypeVar("Request")
 Valid = TypeVar("Valid")
+Figures = tuple[CampaignCounters, datetime | None]
+
+# How long a watcher waits for a change before it checks that its client is
+# still there. The RPC's termination callback normally ends the wait at once;
+# this only bounds how long a missed one could hold a watcher's place.
+WATCH_LIVENESS_CHECK = 10.0
 
 
 @dataclass(frozen=True)
@@ -48,6 +65,17 @@ def _validated(
         _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(error))
 
 
+def _ready(synced_at: datetime | None, context: grpc.ServicerContext) -> datetime:
+    """The snapshot time, or the RPC ends with UNAVAILABLE before the first calculation."""
+    if synced_at is None:
+        _abort(
+            context,
+            grpc.StatusCode.UNAVAILABLE,
+            "stats are not ready: the first calculation has not succeeded yet",
+        )
+    return synced_at
+
+
 def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, details: str) -> NoReturn:
     context.abort(code, details)
     raise AssertionError("context.abort always raises")  # pragma: no cover
@@ -56,8 +84,9 @@ def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, details: str) -
 class StatsServicer(stats_pb2_grpc.StatsServiceServicer):
     """The counters RPCs, answered from the store without touching the database."""
 
-    def __init__(self, store: StatsStore) -> None:
+    def __init__(self, store: StatsStore, watchers: Watchers) -> None:
         self._store = store
+        self._watchers = watchers
 
     def Increment(
         self,
@@ -78,13 +107,83 @@ class StatsServicer(stats_pb2_grpc.StatsServiceServicer):
     ) -> stats_pb2.GetStatsResponse:
         campaign_id = _validated(campaign_id_from, request, context)
         counters, synced_at = self._store.get(campaign_id)
-        if synced_at is None:
-            _abort(
-                context,
-                grpc.StatusCode.UNAVAILABLE,
-                "stats are not ready: the first calculation has not succeeded yet",
-            )
+        _ready(synced_at, context)
         return stats_pb2.GetStatsResponse(stats=campaign_stats(campaign_id, counters, synced_at))
+
+    def BatchGetStats(
+        self,
+        request: stats_pb2.BatchGetStatsRequest | MalformedRequest,
+        context: grpc.ServicerContext,
+    ) -> stats_pb2.BatchGetStatsResponse:
+        campaign_ids = _validated(campaign_ids_from, request, context)
+        found, synced_at = self._store.get_many(campaign_ids)
+        _ready(synced_at, context)
+        return stats_pb2.BatchGetStatsResponse(
+            stats=[
+                campaign_stats(campaign_id, counters, synced_at)
+                for campaign_id, counters in zip(campaign_ids, found, strict=True)
+            ]
+        )
+
+    def WatchStats(
+        self,
+        request: stats_pb2.WatchStatsRequest | MalformedRequest,
+        context: grpc.ServicerContext,
+    ) -> Iterator[stats_pb2.WatchStatsResponse]:
+        watch = _validated(watch_from, request, context)
+        _ready(self._store.synced_at, context)
+        try:
+            watcher = self._watchers.open(watch.campaign_id)
+        except WatchersFull as error:
+            _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
+        except WatchersClosed as error:
+            _abort(context, grpc.StatusCode.UNAVAILABLE, str(error))
+        # Released when the RPC ends for any reason: gRPC stops pulling from a
+        # cancelled stream's generator without closing it, so `finally` alone
+        # would free the place only when the generator is collected.
+        if not context.add_callback(lambda: self._watchers.release(watcher)):
+            self._watchers.release(watcher)
+            return
+        try:
+            yield from self._changes(watch, watcher, context)
+        finally:
+            self._watchers.release(watcher)
+
+    def _changes(
+        self, watch: Watch, watcher: Watcher, context: grpc.ServicerContext
+    ) -> Iterator[stats_pb2.WatchStatsResponse]:
+        """The current figures, then the latest ones after each change, at most once per interval.
+
+        The watcher was opened before the first read, so a change between the
+        two is never lost; it may only cause a re-read that finds nothing new.
+        """
+        latest: Figures | None = self._store.get(watch.campaign_id)
+        while latest is not None:
+            counters, synced_at = latest
+            not_before = time.monotonic() + watch.min_interval
+            yield stats_pb2.WatchStatsResponse(
+                stats=campaign_stats(watch.campaign_id, counters, synced_at)
+            )
+            latest = self._next_change(watch.campaign_id, counters, watcher, not_before, context)
+
+    def _next_change(
+        self,
+        campaign_id: int,
+        sent: CampaignCounters,
+        watcher: Watcher,
+        not_before: float,
+        context: grpc.ServicerContext,
+    ) -> Figures | None:
+        """The campaign's figures once they differ from ``sent`` and ``not_before`` has
+        passed; None when the stream is to end (client gone or server stopping)."""
+        while True:
+            changed = watcher.wait(not_before, WATCH_LIVENESS_CHECK)
+            if watcher.closed or not context.is_active():
+                return None
+            if changed:
+                figures = self._store.get(campaign_id)
+                if figures[0] != sent:  # a sync that confirmed the figures sends nothing
+                    return figures
 
 
 def _tolerant_parser(message_class: type[Message]) -> Callable[[bytes], Any]:

@@ -6,12 +6,17 @@ ValidationError naming the field, so a bad request can never change a counter.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from proca_stats.client.v1 import stats_pb2
 
 from .counters import Increment
 
 MAX_ACTION_TYPE_LENGTH = 255  # actions.action_type is varchar(255)
 MAX_AREA_LENGTH = 32  # supporters.area is varchar(32)
+MAX_BATCH_IDS = 1000  # keeps one BatchGetStats answer well under gRPC's 4 MB message limit
+DEFAULT_WATCH_INTERVAL_MS = 1000
+MIN_WATCH_INTERVAL_MS = 100  # faster than a person reads a counter; protects the server
 
 
 class ValidationError(ValueError):
@@ -50,6 +55,43 @@ def increment_from(request: stats_pb2.IncrementRequest) -> Increment:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Watch:
+    """What a WatchStatsRequest asks for."""
+
+    campaign_id: int
+    min_interval: float  # seconds between two messages
+
+
 def campaign_id_from(request: stats_pb2.GetStatsRequest) -> int:
     """The campaign a GetStatsRequest asks for."""
     return _positive_id("campaign_id", request.campaign_id)
+
+
+def campaign_ids_from(request: stats_pb2.BatchGetStatsRequest) -> list[int]:
+    """The campaigns a BatchGetStatsRequest asks for, in its order, duplicates kept.
+
+    An empty list is refused rather than answered empty: it is always a caller's
+    mistake, and saying so helps more than an empty page.
+    """
+    ids = request.campaign_ids
+    if not 1 <= len(ids) <= MAX_BATCH_IDS:
+        raise ValidationError("campaign_ids", f"must hold 1..{MAX_BATCH_IDS} ids, got {len(ids)}")
+    return [_positive_id(f"campaign_ids[{index}]", value) for index, value in enumerate(ids)]
+
+
+def watch_from(request: stats_pb2.WatchStatsRequest) -> Watch:
+    """The campaign a WatchStatsRequest watches and how often it may be told; 0 ms = default.
+
+    Intervals under the minimum are refused, not raised to it, so a client
+    never gets fewer messages than it asked for without being told.
+    """
+    campaign_id = _positive_id("campaign_id", request.campaign_id)
+    interval_ms = request.min_interval_ms or DEFAULT_WATCH_INTERVAL_MS
+    if interval_ms < MIN_WATCH_INTERVAL_MS:
+        raise ValidationError(
+            "min_interval_ms",
+            f"must be 0 (default {DEFAULT_WATCH_INTERVAL_MS}) or >= {MIN_WATCH_INTERVAL_MS},"
+            f" got {request.min_interval_ms}",
+        )
+    return Watch(campaign_id=campaign_id, min_interval=interval_ms / 1000)

@@ -1,4 +1,5 @@
-"""Real parts for every test: a PostgreSQL, a fresh database per test, a server on a free port.
+"""Real parts for every test: a PostgreSQL, a fresh database per test, servers on free ports
+(in-process, or `proca-stats serve` processes).
 
 The PostgreSQL is the one at TEST_DATABASE_URL (or DATABASE_URL) when set,
 else an embedded one started for the test session.
@@ -7,6 +8,9 @@ else an embedded one started for the test session.
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -17,6 +21,7 @@ from typing import TypeVar
 import grpc
 import psycopg
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
@@ -136,3 +141,77 @@ def stub(channel: grpc.Channel) -> stats_pb2_grpc.StatsServiceStub:
 def client(server: StatsServer) -> Iterator[StatsClient]:
     with StatsClient(f"127.0.0.1:{server.port}") as stats:
         yield stats
+
+
+PROCA_STATS = str(Path(sys.executable).with_name("proca-stats"))
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment without any database or server setting of the caller's."""
+    names = (
+        "DATABASE_URL",
+        "TEST_DATABASE_URL",
+        "SYNC_INTERVAL",
+        "PROCA_STATS_LISTEN",
+        "PROCA_STATS_MAX_WATCHERS",
+    )
+    env = {k: v for k, v in os.environ.items() if k not in names}
+    return env | extra
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def is_serving(port: int, root_certificates: bytes | None = None) -> bool:
+    """True once the server on ``port`` answers health checks with SERVING (over TLS when
+    ``root_certificates`` are given)."""
+    target = f"127.0.0.1:{port}"
+    with (
+        grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates))
+        if root_certificates
+        else grpc.insecure_channel(target)
+    ) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=1
+            )
+        except grpc.RpcError:
+            return False
+    return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., tuple[subprocess.Popen[str], int]]]:
+    """Starts `proca-stats serve` processes; waits until each is SERVING."""
+    processes: list[subprocess.Popen[str]] = []
+
+    def start(
+        *args: str,
+        env: dict[str, str] | None = None,
+        ready: Callable[[int], bool] = is_serving,
+    ) -> tuple[subprocess.Popen[str], int]:
+        port = free_port()
+        process = subprocess.Popen(
+            [PROCA_STATS, "serve", "--listen", f"127.0.0.1:{port}", *args],
+            env=clean_env() if env is None else env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        processes.append(process)
+        wait_for(
+            lambda: process.poll() is not None or ready(port),
+            timeout=60,
+            what="the server to be SERVING",
+        )
+        assert process.poll() is None, process.communicate()
+        return process, port
+
+    yield start
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()

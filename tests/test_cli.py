@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -18,21 +16,14 @@ import pytest
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from proca_stats.client import ResourceExhausted, StatsClient
 from proca_stats.client.v1.stats_pb2 import CampaignStats
 from proca_stats.server.app import StatsServer
 from tests.certificates import Authority
-from tests.conftest import wait_for
+from tests.conftest import PROCA_STATS, clean_env, free_port, is_serving, wait_for
 from tests.proca_data import ProcaData
 
-PROCA_STATS = str(Path(sys.executable).with_name("proca-stats"))
 Serving = health_pb2.HealthCheckResponse
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """The environment without any database or server setting of the caller's."""
-    names = ("DATABASE_URL", "TEST_DATABASE_URL", "SYNC_INTERVAL", "PROCA_STATS_LISTEN")
-    env = {k: v for k, v in os.environ.items() if k not in names}
-    return env | extra
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -54,62 +45,6 @@ def assert_one_line_error(done: subprocess.CompletedProcess[str], *fragments: st
     assert lines[0].startswith("proca-stats: error: ")
     for fragment in fragments:
         assert fragment in lines[0]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def is_serving(port: int, root_certificates: bytes | None = None) -> bool:
-    target = f"127.0.0.1:{port}"
-    with (
-        grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates))
-        if root_certificates
-        else grpc.insecure_channel(target)
-    ) as channel:
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=1
-            )
-        except grpc.RpcError:
-            return False
-    return reply.status == health_pb2.HealthCheckResponse.SERVING
-
-
-@pytest.fixture
-def serve() -> Iterator[Callable[..., tuple[subprocess.Popen[str], int]]]:
-    """Starts `proca-stats serve` processes; waits until each is SERVING."""
-    processes: list[subprocess.Popen[str]] = []
-
-    def start(
-        *args: str,
-        env: dict[str, str] | None = None,
-        ready: Callable[[int], bool] = is_serving,
-    ) -> tuple[subprocess.Popen[str], int]:
-        port = free_port()
-        process = subprocess.Popen(
-            [PROCA_STATS, "serve", "--listen", f"127.0.0.1:{port}", *args],
-            env=clean_env() if env is None else env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        processes.append(process)
-        wait_for(
-            lambda: process.poll() is not None or ready(port),
-            timeout=60,
-            what="the server to be SERVING",
-        )
-        assert process.poll() is None, process.communicate()
-        return process, port
-
-    yield start
-    for process in processes:
-        if process.poll() is None:
-            process.kill()
-        process.communicate()
 
 
 def test_serve_get_increment_and_stop_on_sigterm(
@@ -153,6 +88,23 @@ def test_environment_configures_serve(
     assert is_serving(port)
     process.terminate()
     assert process.wait(timeout=30) == 0
+
+
+@pytest.mark.parametrize("configured", ["flag", "environment"])
+def test_max_watchers_limits_watch_streams(
+    serve: Callable[..., tuple[subprocess.Popen[str], int]], database_url: str, configured: str
+) -> None:
+    env = clean_env(DATABASE_URL=database_url, SYNC_INTERVAL="0")
+    if configured == "flag":
+        _, port = serve("--max-watchers", "0", env=env)
+    else:
+        _, port = serve(env=env | {"PROCA_STATS_MAX_WATCHERS": "0"})
+    with (
+        StatsClient(f"127.0.0.1:{port}") as client,
+        client.watch_stats(1) as watch,
+        pytest.raises(ResourceExhausted, match="0 watchers"),
+    ):
+        next(watch)
 
 
 def test_dump_prints_one_json_line_per_campaign(db: ProcaData, database_url: str) -> None:
@@ -214,6 +166,7 @@ def test_increment_refused_by_the_server(server: StatsServer) -> None:
         (("serve", "--listen", "127.0.0.1:99999"), ("--listen",)),
         (("serve", "--sync-interval", "-5", "--database-url", "x"), ("--sync-interval",)),
         (("serve", "--sync-interval", "soon", "--database-url", "x"), ("--sync-interval",)),
+        (("serve", "--max-watchers", "-1", "--database-url", "x"), ("--max-watchers",)),
         (("dump", "--database-url", "postgresql://127.0.0.1:1/nowhere"), ("127.0.0.1",)),
         (("dump", "--database-url", "not a url"), ("--database-url: not a PostgreSQL URL",)),
         (("db", "init", "--database-url", "postgresql://127.0.0.1:1/x"), ("127.0.0.1",)),

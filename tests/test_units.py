@@ -9,10 +9,11 @@ from hypothesis import strategies as st
 
 from proca_stats import client as client_errors
 from proca_stats.client.v1 import stats_pb2
-from proca_stats.server.config import ConfigError, parse_listen, parse_milliseconds
+from proca_stats.server.config import ConfigError, parse_count, parse_listen, parse_milliseconds
 from proca_stats.server.counters import CampaignCounters, Increment, incremented
 from proca_stats.server.sync import backoff_delay
-from proca_stats.server.validation import ValidationError, increment_from
+from proca_stats.server.validation import ValidationError, increment_from, watch_from
+from proca_stats.server.watchers import Watchers, WatchersClosed, WatchersFull
 
 increments = st.builds(
     Increment,
@@ -77,6 +78,50 @@ def test_parse_milliseconds() -> None:
     for bad in ("-1", "1.5", "soon"):
         with pytest.raises(ConfigError, match="--sync-interval"):
             parse_milliseconds("--sync-interval", bad)
+
+
+def test_parse_count() -> None:
+    assert parse_count("--max-watchers", "0", minimum=0) == 0
+    assert parse_count("--max-watchers", "1000", minimum=0) == 1000
+    for bad in ("-1", "many"):
+        with pytest.raises(ConfigError, match="--max-watchers"):
+            parse_count("--max-watchers", bad, minimum=0)
+    with pytest.raises(ConfigError, match="--max-campaigns: must be >= 1, got 0"):
+        parse_count("--max-campaigns", "0")
+
+
+@pytest.mark.parametrize(("asked", "seconds"), [(0, 1.0), (100, 0.1), (2500, 2.5)])
+def test_watch_interval_defaults_and_minimum(asked: int, seconds: float) -> None:
+    request = stats_pb2.WatchStatsRequest(campaign_id=1, min_interval_ms=asked)
+    assert watch_from(request).min_interval == seconds
+
+
+def test_watchers_are_capped_released_once_and_closed() -> None:
+    watchers = Watchers(limit=2)
+    first, second = watchers.open(1), watchers.open(1)
+    with pytest.raises(WatchersFull):
+        watchers.open(2)
+    watchers.release(first)
+    watchers.release(first)  # the RPC's callback and the stream's end both release
+    assert len(watchers) == 1
+    third = watchers.open(2)
+    watchers.close()
+    assert second.closed
+    assert third.closed
+    assert not second.wait(not_before=0, timeout=60)  # a closed watcher never blocks
+    with pytest.raises(WatchersClosed):
+        watchers.open(3)
+
+
+def test_a_watcher_is_woken_only_by_its_campaign() -> None:
+    watchers = Watchers(limit=10)
+    one, two = watchers.open(1), watchers.open(2)
+    watchers.campaign_changed(1)
+    assert one.wait(not_before=0, timeout=0)
+    assert not two.wait(not_before=0, timeout=0)
+    watchers.campaigns_replaced({1: CampaignCounters(supporters=1)}, {2: CampaignCounters()})
+    assert one.wait(not_before=0, timeout=0)  # campaign 1 went from 1 supporter to none
+    assert not two.wait(not_before=0, timeout=0)  # campaign 2 had zeros and still has
 
 
 @given(st.integers(1, 200))

@@ -45,6 +45,16 @@ class StatsServiceStub:
                 request_serializer=proca_dot_stats_dot_v1_dot_stats__pb2.GetStatsRequest.SerializeToString,
                 response_deserializer=proca_dot_stats_dot_v1_dot_stats__pb2.GetStatsResponse.FromString,
                 _registered_method=True)
+        self.BatchGetStats = channel.unary_unary(
+                '/proca.stats.v1.StatsService/BatchGetStats',
+                request_serializer=proca_dot_stats_dot_v1_dot_stats__pb2.BatchGetStatsRequest.SerializeToString,
+                response_deserializer=proca_dot_stats_dot_v1_dot_stats__pb2.BatchGetStatsResponse.FromString,
+                _registered_method=True)
+        self.WatchStats = channel.unary_stream(
+                '/proca.stats.v1.StatsService/WatchStats',
+                request_serializer=proca_dot_stats_dot_v1_dot_stats__pb2.WatchStatsRequest.SerializeToString,
+                response_deserializer=proca_dot_stats_dot_v1_dot_stats__pb2.WatchStatsResponse.FromString,
+                _registered_method=True)
 
 
 class StatsServiceServicer:
@@ -62,8 +72,30 @@ class StatsServiceServicer:
     def GetStats(self, request, context):
         """GetStats returns a campaign's counters. An unknown campaign gets zeros.
         Answers UNAVAILABLE until the first calculation has succeeded.
-        Marked NO_SIDE_EFFECTS: with bearer tokens on, reads stay open unless
-        the server runs with --protect-reads.
+        Reads are marked NO_SIDE_EFFECTS: with bearer tokens on, they stay open
+        unless the server runs with --protect-reads.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchGetStats(self, request, context):
+        """BatchGetStats returns the counters of up to 1,000 campaigns, one entry per
+        requested id in the request's order (duplicates included), all from the
+        same snapshot. For listing pages and dashboards.
+        Answers UNAVAILABLE until the first calculation has succeeded.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchStats(self, request, context):
+        """WatchStats sends a campaign's counters at once, then again whenever they
+        change (an Increment or a recalculation), at most once per min_interval_ms;
+        a client that reads slowly gets the latest figures, never a backlog.
+        The stream ends (status OK) only when the server shuts down: reconnect.
+        Answers UNAVAILABLE until the first calculation has succeeded and
+        RESOURCE_EXHAUSTED when the server already serves its maximum of watchers.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -81,6 +113,16 @@ def add_StatsServiceServicer_to_server(servicer, server):
                     servicer.GetStats,
                     request_deserializer=proca_dot_stats_dot_v1_dot_stats__pb2.GetStatsRequest.FromString,
                     response_serializer=proca_dot_stats_dot_v1_dot_stats__pb2.GetStatsResponse.SerializeToString,
+            ),
+            'BatchGetStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchGetStats,
+                    request_deserializer=proca_dot_stats_dot_v1_dot_stats__pb2.BatchGetStatsRequest.FromString,
+                    response_serializer=proca_dot_stats_dot_v1_dot_stats__pb2.BatchGetStatsResponse.SerializeToString,
+            ),
+            'WatchStats': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchStats,
+                    request_deserializer=proca_dot_stats_dot_v1_dot_stats__pb2.WatchStatsRequest.FromString,
+                    response_serializer=proca_dot_stats_dot_v1_dot_stats__pb2.WatchStatsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -138,6 +180,60 @@ class StatsService:
             '/proca.stats.v1.StatsService/GetStats',
             proca_dot_stats_dot_v1_dot_stats__pb2.GetStatsRequest.SerializeToString,
             proca_dot_stats_dot_v1_dot_stats__pb2.GetStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchGetStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/proca.stats.v1.StatsService/BatchGetStats',
+            proca_dot_stats_dot_v1_dot_stats__pb2.BatchGetStatsRequest.SerializeToString,
+            proca_dot_stats_dot_v1_dot_stats__pb2.BatchGetStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/proca.stats.v1.StatsService/WatchStats',
+            proca_dot_stats_dot_v1_dot_stats__pb2.WatchStatsRequest.SerializeToString,
+            proca_dot_stats_dot_v1_dot_stats__pb2.WatchStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

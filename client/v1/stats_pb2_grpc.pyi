@@ -45,8 +45,22 @@ class StatsServiceStub:
     GetStats: _grpc.UnaryUnaryMultiCallable[_stats_pb2.GetStatsRequest, _stats_pb2.GetStatsResponse]
     """GetStats returns a campaign's counters. An unknown campaign gets zeros.
     Answers UNAVAILABLE until the first calculation has succeeded.
-    Marked NO_SIDE_EFFECTS: with bearer tokens on, reads stay open unless
-    the server runs with --protect-reads.
+    Reads are marked NO_SIDE_EFFECTS: with bearer tokens on, they stay open
+    unless the server runs with --protect-reads.
+    """
+    BatchGetStats: _grpc.UnaryUnaryMultiCallable[_stats_pb2.BatchGetStatsRequest, _stats_pb2.BatchGetStatsResponse]
+    """BatchGetStats returns the counters of up to 1,000 campaigns, one entry per
+    requested id in the request's order (duplicates included), all from the
+    same snapshot. For listing pages and dashboards.
+    Answers UNAVAILABLE until the first calculation has succeeded.
+    """
+    WatchStats: _grpc.UnaryStreamMultiCallable[_stats_pb2.WatchStatsRequest, _stats_pb2.WatchStatsResponse]
+    """WatchStats sends a campaign's counters at once, then again whenever they
+    change (an Increment or a recalculation), at most once per min_interval_ms;
+    a client that reads slowly gets the latest figures, never a backlog.
+    The stream ends (status OK) only when the server shuts down: reconnect.
+    Answers UNAVAILABLE until the first calculation has succeeded and
+    RESOURCE_EXHAUSTED when the server already serves its maximum of watchers.
     """
 
 @_typing.type_check_only
@@ -61,8 +75,22 @@ class StatsServiceAsyncStub(StatsServiceStub):
     GetStats: _aio.UnaryUnaryMultiCallable[_stats_pb2.GetStatsRequest, _stats_pb2.GetStatsResponse]  # type: ignore[assignment]
     """GetStats returns a campaign's counters. An unknown campaign gets zeros.
     Answers UNAVAILABLE until the first calculation has succeeded.
-    Marked NO_SIDE_EFFECTS: with bearer tokens on, reads stay open unless
-    the server runs with --protect-reads.
+    Reads are marked NO_SIDE_EFFECTS: with bearer tokens on, they stay open
+    unless the server runs with --protect-reads.
+    """
+    BatchGetStats: _aio.UnaryUnaryMultiCallable[_stats_pb2.BatchGetStatsRequest, _stats_pb2.BatchGetStatsResponse]  # type: ignore[assignment]
+    """BatchGetStats returns the counters of up to 1,000 campaigns, one entry per
+    requested id in the request's order (duplicates included), all from the
+    same snapshot. For listing pages and dashboards.
+    Answers UNAVAILABLE until the first calculation has succeeded.
+    """
+    WatchStats: _aio.UnaryStreamMultiCallable[_stats_pb2.WatchStatsRequest, _stats_pb2.WatchStatsResponse]  # type: ignore[assignment]
+    """WatchStats sends a campaign's counters at once, then again whenever they
+    change (an Increment or a recalculation), at most once per min_interval_ms;
+    a client that reads slowly gets the latest figures, never a backlog.
+    The stream ends (status OK) only when the server shuts down: reconnect.
+    Answers UNAVAILABLE until the first calculation has succeeded and
+    RESOURCE_EXHAUSTED when the server already serves its maximum of watchers.
     """
 
 class StatsServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -86,8 +114,34 @@ class StatsServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_stats_pb2.GetStatsResponse, _abc.Awaitable[_stats_pb2.GetStatsResponse]]:
         """GetStats returns a campaign's counters. An unknown campaign gets zeros.
         Answers UNAVAILABLE until the first calculation has succeeded.
-        Marked NO_SIDE_EFFECTS: with bearer tokens on, reads stay open unless
-        the server runs with --protect-reads.
+        Reads are marked NO_SIDE_EFFECTS: with bearer tokens on, they stay open
+        unless the server runs with --protect-reads.
+        """
+
+    @_abc_1.abstractmethod
+    def BatchGetStats(
+        self,
+        request: _stats_pb2.BatchGetStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_stats_pb2.BatchGetStatsResponse, _abc.Awaitable[_stats_pb2.BatchGetStatsResponse]]:
+        """BatchGetStats returns the counters of up to 1,000 campaigns, one entry per
+        requested id in the request's order (duplicates included), all from the
+        same snapshot. For listing pages and dashboards.
+        Answers UNAVAILABLE until the first calculation has succeeded.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchStats(
+        self,
+        request: _stats_pb2.WatchStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_stats_pb2.WatchStatsResponse], _abc.AsyncIterator[_stats_pb2.WatchStatsResponse]]:
+        """WatchStats sends a campaign's counters at once, then again whenever they
+        change (an Increment or a recalculation), at most once per min_interval_ms;
+        a client that reads slowly gets the latest figures, never a backlog.
+        The stream ends (status OK) only when the server shuts down: reconnect.
+        Answers UNAVAILABLE until the first calculation has succeeded and
+        RESOURCE_EXHAUSTED when the server already serves its maximum of watchers.
         """
 
 def add_StatsServiceServicer_to_server(servicer: StatsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
