@@ -78,7 +78,9 @@ class StatsClient:
         request = stats_pb2.WatchStatsRequest(
             campaign_id=campaign_id, min_interval_ms=min_interval_ms
         )
-        return StatsWatch(self._stub.WatchStats(request, timeout=timeout))
+        return StatsWatch(
+            self._stub.WatchStats(request, timeout=timeout, metadata=self._metadata)
+        )
 
     def increment(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from proca_stats.server.app import StatsServer
 from proca_stats.server.config import ConfigError, Limits, TlsFiles, check_exposure, is_loopback
 from tests.certificates import Authority
 from tests.conftest import wait_for
+from tests.watching import Recorder
 
 TOKENS = "# deploy tokens\nalpha-token\n\n  beta-token  \n"
 
@@ -114,10 +116,18 @@ def test_protect_reads_guards_get_stats_but_not_health(
 ) -> None:
     server = started(start_server(database_url, token_file=token_file, protect_reads=True))
     target = f"127.0.0.1:{server.port}"
-    with StatsClient(target) as anonymous, pytest.raises(Unauthenticated):
-        anonymous.get_stats(1)
+    with StatsClient(target) as anonymous:
+        with pytest.raises(Unauthenticated):
+            anonymous.get_stats(1)
+        with pytest.raises(Unauthenticated):
+            anonymous.batch_get_stats([1])
+        with pytest.raises(Unauthenticated), anonymous.watch_stats(1) as watch:
+            next(watch)
     with StatsClient(target, token="beta-token") as client:
         assert client.get_stats(1).campaign_id == 1
+        assert [s.campaign_id for s in client.batch_get_stats([1, 2])] == [1, 2]
+        with client.watch_stats(1) as watch:
+            assert next(watch).campaign_id == 1
     assert health_status(server.port) == health_pb2.HealthCheckResponse.SERVING
 
 
@@ -192,3 +202,20 @@ def test_other_hosts_need_tls_or_insecure(host: str, tmp_path: Path) -> None:
         check_exposure(host, tls=None, insecure=False)
     check_exposure(host, tls=None, insecure=True)
     check_exposure(host, tls=TlsFiles(tmp_path / "c", tmp_path / "k"), insecure=False)
+
+
+def test_watch_streams_keep_their_own_threads_behind_the_interceptors(
+    start_server: Callable[..., StatsServer], database_url: str, token_file: Path
+) -> None:
+    """Tokens and metrics wrap every handler; WatchStats must still run on its own pool."""
+    server = started(
+        start_server(database_url, token_file=token_file, metrics_listen="127.0.0.1:0")
+    )
+    target = f"127.0.0.1:{server.port}"
+    with StatsClient(target) as reader, StatsClient(target, token="alpha-token") as writer:
+        recorder = Recorder(reader.watch_stats(5, min_interval_ms=100))
+        recorder.wait_for_count(1)
+        assert any(t.name.startswith("proca-stats-watch") for t in threading.enumerate())
+        writer.increment(5, 1, "signature", new_supporter=True)
+        recorder.arrival(lambda stats: stats.supporters == 1, what="the Increment on the stream")
+        recorder.close()
