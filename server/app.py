@@ -14,6 +14,8 @@ from proca_stats.client.v1 import stats_pb2, stats_pb2_grpc
 
 from .config import ServeConfig
 from .counters import Snapshot
+from .handover import Lookup, swap_in
+from .refresh import Refresher
 from .service import StatsServicer
 from .store import StatsStore
 from .sync import SyncWorker
@@ -34,8 +36,9 @@ class StatsServer:
         self.store = StatsStore()
         self._pool = ConnectionPool(
             database_url,
+            # One connection holds the last snapshot open while the next refresh reads.
             min_size=1,
-            max_size=1,
+            max_size=2,
             open=False,
             name="proca-stats-sync",
             kwargs={
@@ -43,11 +46,18 @@ class StatsServer:
                 "connect_timeout": max(1, round(config.connect_timeout)),
             },
         )
-        self.sync = SyncWorker(
+        self.refresher = Refresher(
             self._pool,
+            connect_timeout=config.connect_timeout,
+            full_interval=config.full_sync_interval_ms / 1000,
+            slow_interval=config.slow_sync_interval_ms / 1000,
+            overlap=config.change_overlap_ms / 1000,
+        )
+        self.sync = SyncWorker(
+            self.refresher,
             self._deliver,
             interval=config.sync_interval_ms / 1000,
-            connect_timeout=config.connect_timeout,
+            increments_before=self.store.arrivals,
         )
         self._health = health.HealthServicer(
             experimental_non_blocking=True,
@@ -86,8 +96,10 @@ class StatsServer:
         self.sync.stop()
         self._pool.close()
 
-    def _deliver(self, snapshot: Snapshot) -> None:
-        self.store.replace(snapshot)
+    def _deliver(self, snapshot: Snapshot, seen: Lookup) -> None:
+        reapplied = swap_in(self.store, snapshot, seen)
+        if reapplied:
+            log.debug("re-applied %d increments the snapshot had not seen", reapplied)
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
 
     def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:

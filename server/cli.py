@@ -26,17 +26,26 @@ from proca_stats.client import DEFAULT_TARGET, StatsClient, StatsError
 from .app import BindError, StatsServer
 from .calculation import calculate
 from .config import (
+    DEFAULT_CHANGE_OVERLAP_MS,
     DEFAULT_DATA_DIR,
+    DEFAULT_FULL_SYNC_INTERVAL_MS,
     DEFAULT_LISTEN,
+    DEFAULT_SLOW_SYNC_INTERVAL_MS,
     DEFAULT_SYNC_INTERVAL_MS,
     ConfigError,
     ServeConfig,
     check_can_listen,
     check_database_url,
     parse_listen,
+    parse_milliseconds,
     parse_sync_interval,
 )
-from .database import EmbeddedDatabaseError, init_schema, start_embedded
+from .database import (
+    EmbeddedDatabaseError,
+    create_recommended_indexes,
+    init_schema,
+    start_embedded,
+)
 from .messages import campaign_stats
 
 log = logging.getLogger("proca_stats")
@@ -67,6 +76,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
         listen=args.listen,
         database_url=args.database_url,
         sync_interval_ms=parse_sync_interval(args.sync_interval),
+        slow_sync_interval_ms=parse_milliseconds(args.slow_sync_interval, "--slow-sync-interval"),
+        full_sync_interval_ms=parse_milliseconds(args.full_sync_interval, "--full-sync-interval"),
+        change_overlap_ms=parse_milliseconds(args.change_overlap, "--change-overlap"),
         data_dir=args.data_dir,
     )
     server = StatsServer(config, _database_url(args))
@@ -99,6 +111,7 @@ def cmd_increment(args: argparse.Namespace) -> None:
             args.type,
             area=args.area,
             new_supporter=args.new_supporter,
+            action_id=args.action_id,
         )
 
 
@@ -106,6 +119,9 @@ def cmd_db_init(args: argparse.Namespace) -> None:
     url = _database_url(args)
     if args.database_url:  # the embedded database got its schema on start
         init_schema(url)
+    if args.recommended_indexes:
+        create_recommended_indexes(url)
+        print("recommended indexes ready", file=sys.stderr)
     print("schema ready", file=sys.stderr)
 
 
@@ -168,8 +184,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--sync-interval",
         default=_env_default("SYNC_INTERVAL", str(DEFAULT_SYNC_INTERVAL_MS)),
         metavar="MS",
-        help="milliseconds between full calculations; 0 = only at start "
+        help="milliseconds between refreshes of live campaigns; 0 = only at start "
         f"(env SYNC_INTERVAL, default {DEFAULT_SYNC_INTERVAL_MS})",
+    )
+    serve.add_argument(
+        "--slow-sync-interval",
+        default=_env_default("SLOW_SYNC_INTERVAL", str(DEFAULT_SLOW_SYNC_INTERVAL_MS)),
+        metavar="MS",
+        help="milliseconds between refreshes of closed and ignored campaigns with changes "
+        f"(env SLOW_SYNC_INTERVAL, default {DEFAULT_SLOW_SYNC_INTERVAL_MS})",
+    )
+    serve.add_argument(
+        "--full-sync-interval",
+        default=_env_default("FULL_SYNC_INTERVAL", str(DEFAULT_FULL_SYNC_INTERVAL_MS)),
+        metavar="MS",
+        help="milliseconds between full calculations, the safety net; 0 = only at start "
+        f"(env FULL_SYNC_INTERVAL, default {DEFAULT_FULL_SYNC_INTERVAL_MS})",
+    )
+    serve.add_argument(
+        "--change-overlap",
+        default=_env_default("CHANGE_OVERLAP", str(DEFAULT_CHANGE_OVERLAP_MS)),
+        metavar="MS",
+        help="how far behind the newest updated_at a refresh looks again for late commits "
+        f"(env CHANGE_OVERLAP, default {DEFAULT_CHANGE_OVERLAP_MS})",
     )
     serve.add_argument(
         "--grace",
@@ -192,12 +229,23 @@ def build_parser() -> argparse.ArgumentParser:
     increment.add_argument(
         "--new-supporter", action="store_true", help="the action created a new supporter"
     )
+    increment.add_argument(
+        "--action-id",
+        type=int,
+        metavar="ID",
+        help="the stored action's id: a retried call then counts once",
+    )
     increment.set_defaults(run=cmd_increment)
 
     db = commands.add_parser("db", help="database commands")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND")
     db_init = db_commands.add_parser(
         "init", parents=[database], help="create the tables proca-stats reads, where missing"
+    )
+    db_init.add_argument(
+        "--recommended-indexes",
+        action="store_true",
+        help="also create the indexes incremental refreshes use (on Proca's tables)",
     )
     db_init.set_defaults(run=cmd_db_init)
 

@@ -13,6 +13,9 @@ from psycopg.conninfo import conninfo_to_dict
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_SYNC_INTERVAL_MS = 60_000  # Proca's SYNC_INTERVAL
+DEFAULT_SLOW_SYNC_INTERVAL_MS = 600_000  # closed and ignored campaigns
+DEFAULT_FULL_SYNC_INTERVAL_MS = 3_600_000  # the safety net
+DEFAULT_CHANGE_OVERLAP_MS = 60_000  # how late a change may commit after its updated_at
 DEFAULT_DATA_DIR = platformdirs.user_data_path("proca-stats")
 
 
@@ -24,7 +27,10 @@ class ConfigError(ValueError):
 class ServeConfig:
     listen: str = DEFAULT_LISTEN
     database_url: str | None = None  # None: run on the embedded PostgreSQL
-    sync_interval_ms: int = DEFAULT_SYNC_INTERVAL_MS
+    sync_interval_ms: int = DEFAULT_SYNC_INTERVAL_MS  # between refreshes of live campaigns
+    slow_sync_interval_ms: int = DEFAULT_SLOW_SYNC_INTERVAL_MS
+    full_sync_interval_ms: int = DEFAULT_FULL_SYNC_INTERVAL_MS
+    change_overlap_ms: int = DEFAULT_CHANGE_OVERLAP_MS
     data_dir: Path = DEFAULT_DATA_DIR
     workers: int = 16  # threads answering RPCs
     connect_timeout: float = 10.0  # seconds to wait for a database connection
@@ -69,12 +75,17 @@ def check_database_url(url: str) -> str:
     return url
 
 
-def parse_sync_interval(value: str) -> int:
-    """Milliseconds between calculations; 0 calculates only at start."""
+def parse_milliseconds(value: str, flag: str = "--sync-interval") -> int:
+    """A duration in milliseconds, >= 0, for the flag named in errors."""
     try:
         interval = int(value)
     except ValueError:
-        raise ConfigError(f"--sync-interval: expected milliseconds, got {value!r}") from None
+        raise ConfigError(f"{flag}: expected milliseconds, got {value!r}") from None
     if interval < 0:
-        raise ConfigError(f"--sync-interval: must be >= 0, got {interval}")
+        raise ConfigError(f"{flag}: must be >= 0, got {interval}")
     return interval
+
+
+def parse_sync_interval(value: str) -> int:
+    """Milliseconds between calculations; 0 calculates only at start."""
+    return parse_milliseconds(value, "--sync-interval")

@@ -1,44 +1,141 @@
 """The in-memory counters of every campaign, shared by the RPC threads and the sync.
 
-One lock guards two references: the campaigns map and the time of the snapshot
-it builds on. Every critical section is a dictionary lookup or assignment;
-building responses and calculating snapshots happen outside it.
+One lock guards the campaigns map, the time of the snapshot it builds on and
+the memory of Increments that carry an action id. Every critical section is a
+few dictionary or list operations; building responses, calculating snapshots
+and re-applying Increments on top of a new snapshot happen outside it
+(see handover.py).
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import datetime
 
-from .counters import CampaignCounters, Increment, Snapshot, incremented
+from .counters import CampaignCounters, Increment, incremented
 
 _EMPTY = CampaignCounters()
 
 
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    """An Increment with an action id, numbered in the order the store counted it."""
+
+    seq: int
+    increment: Increment
+
+
+@dataclass(frozen=True, slots=True)
+class Replacement:
+    """A new snapshot's figures, ready to swap in, and what the store remembers after it.
+
+    ``upto`` is the number of Increments with an action id the figures were
+    prepared against: the swap is refused when more arrived since.
+    """
+
+    campaigns: dict[int, CampaignCounters]
+    taken_at: datetime
+    upto: int
+    remembered: frozenset[int] = frozenset()
+    carried: list[Arrival] = field(default_factory=list)
+
+
 class StatsStore:
-    """Thread-safe campaign counters, replaced whole by each full calculation."""
+    """Thread-safe campaign counters, replaced whole by each calculation.
+
+    Increments with an action id are remembered so that a retry counts once and
+    so that the next swap can re-apply those its snapshot did not see. Memory
+    stays bounded: each swap forgets every id except those it re-applied and
+    those its snapshot confirmed (kept one generation for late retries).
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._campaigns: dict[int, CampaignCounters] = {}
         self._synced_at: datetime | None = None
+        self._known: set[int] = set()  # action ids that must not count again
+        self._log: list[Arrival] = []  # Increments with an action id since the last swap
+        self._carried: list[Arrival] = []  # re-applied by the last swap, not yet seen
+        self._arrivals = 0  # Increments with an action id ever counted
 
-    def increment(self, inc: Increment) -> None:
-        """Count one accepted action; a campaign not seen yet is created."""
+    def increment(self, inc: Increment) -> bool:
+        """Count one accepted action; False when its action id was already counted.
+
+        A campaign not seen yet is created.
+        """
         with self._lock:
+            if inc.action_id is not None:
+                if inc.action_id in self._known:
+                    return False
+                self._known.add(inc.action_id)
+                self._log.append(Arrival(self._arrivals, inc))
+                self._arrivals += 1
             current = self._campaigns.get(inc.campaign_id, _EMPTY)
             self._campaigns[inc.campaign_id] = incremented(current, inc)
+        return True
+
+    def arrivals(self) -> int:
+        """How many Increments with an action id were counted so far.
+
+        The sync reads it just before a calculation's snapshot is taken: every
+        Increment numbered below it reported an action already committed, so
+        that snapshot sees the action if the database still has it.
+        """
+        with self._lock:
+            return self._arrivals
+
+    def arrived_since(self, seq: int) -> tuple[list[Arrival], int]:
+        """The Increments with an action id numbered ``seq`` or later since the last swap,
+        and how many were counted so far."""
+        with self._lock:
+            base = self._log[0].seq if self._log else self._arrivals
+            return self._log[max(0, seq - base) :], self._arrivals
+
+    def carried(self) -> list[Arrival]:
+        """The Increments the last swap re-applied because its snapshot had not seen them."""
+        with self._lock:
+            return list(self._carried)
 
     def get(self, campaign_id: int) -> tuple[CampaignCounters, datetime | None]:
         """A campaign's counters (zeros when unknown) and when their snapshot was taken."""
         with self._lock:
             return self._campaigns.get(campaign_id, _EMPTY), self._synced_at
 
-    def replace(self, snapshot: Snapshot) -> None:
-        """Swap in a full calculation's result; the store takes ownership of its map."""
+    def replace_if_current(self, new: Replacement) -> bool:
+        """Swap in prepared figures unless an Increment with an action id arrived meanwhile.
+
+        When one did, nothing changes and the caller prepares again with it.
+        The store takes ownership of the map.
+        """
         with self._lock:
-            self._campaigns = snapshot.campaigns
-            self._synced_at = snapshot.taken_at
+            if self._arrivals != new.upto:
+                return False
+            self._campaigns = new.campaigns
+            self._synced_at = new.taken_at
+            self._known = set(new.remembered)
+            self._carried = new.carried
+            self._log = []
+            return True
+
+    def replace(self, campaigns: dict[int, CampaignCounters], taken_at: datetime) -> None:
+        """Swap in figures unconditionally, forgetting every remembered Increment."""
+        with self._lock:
+            self._campaigns = campaigns
+            self._synced_at = taken_at
+            self._known = set()
+            self._carried = []
+            self._log = []
+
+    def remembered(self) -> int:
+        """How many action ids the store remembers (for tests and the benchmark)."""
+        with self._lock:
+            return len(self._known)
+
+    def campaign_ids(self) -> Iterable[int]:
+        with self._lock:
+            return list(self._campaigns)
 
     @property
     def synced_at(self) -> datetime | None:

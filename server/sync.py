@@ -1,8 +1,10 @@
 """The background recalculation (SPEC §4): it only produces snapshots and hands them over.
 
 One thread runs every calculation, so two never run at once (the `query_runs`
-flag of Proca's module). A failed calculation leaves the store as it was: the
-server keeps answering with the last figures and retries with a capped backoff.
+flag of Proca's module). Which calculation runs — full or incremental — is the
+refresher's business (refresh.py); swapping the result in is the deliverer's
+(handover.py). A failed calculation leaves the store as it was: the server
+keeps answering with the last figures and retries with a capped backoff.
 """
 
 from __future__ import annotations
@@ -10,14 +12,13 @@ from __future__ import annotations
 import logging
 import random
 import threading
-import time
 from collections.abc import Callable
 
 import psycopg
-from psycopg_pool import ConnectionPool
 
-from .calculation import calculate
 from .counters import Snapshot
+from .handover import Lookup
+from .refresh import Refresher
 
 log = logging.getLogger(__name__)
 
@@ -33,41 +34,51 @@ def backoff_delay(failures: int, base: float, cap: float) -> float:
 
 
 class SyncWorker:
-    """Recalculates every campaign at an interval and passes each result to ``deliver``."""
+    """Refreshes the figures at an interval and passes each snapshot to ``deliver``.
+
+    ``deliver(snapshot, seen)`` runs while the snapshot's transaction is still
+    open: ``seen(action_ids)`` tells which actions the snapshot sees.
+    ``increments_before()`` is read just before each snapshot is taken.
+    """
 
     def __init__(
         self,
-        pool: ConnectionPool,
-        deliver: Callable[[Snapshot], None],
+        refresher: Refresher,
+        deliver: Callable[[Snapshot, Lookup], None],
         *,
         interval: float,
-        connect_timeout: float,
+        increments_before: Callable[[], int] = lambda: 0,
         retry_base: float = 0.5,
         retry_cap: float = 30.0,
     ) -> None:
         """``interval`` is in seconds; 0 calculates once at start (retrying until it succeeds)."""
-        self._pool = pool
+        self._refresher = refresher
         self._deliver = deliver
         self._interval = interval
-        self._connect_timeout = connect_timeout
+        self._increments_before = increments_before
         self._retry_base = retry_base
         self._retry_cap = retry_cap
         self._wake = threading.Event()
+        self._full_requested = False
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="proca-stats-sync", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
-    def request(self) -> None:
-        """Run a calculation now rather than at the next interval."""
+    def request(self, *, full: bool = False) -> None:
+        """Refresh now rather than at the next interval; ``full``: a full calculation."""
+        if full:
+            self._full_requested = True
         self._wake.set()
 
     def stop(self, timeout: float | None = None) -> None:
-        """Stop after the running calculation, if any."""
+        """Stop after the running calculation, if any, and release its transactions."""
         self._stopping = True
         self._wake.set()
         self._thread.join(timeout)
+        if not self._thread.is_alive():
+            self._refresher.close()
 
     def _run(self) -> None:
         failures = 0
@@ -83,23 +94,34 @@ class SyncWorker:
             self._wake.wait(delay)
 
     def _attempt(self) -> bool:
-        """Run one calculation and deliver it; False when it failed."""
-        started = time.monotonic()
+        """Run one refresh and deliver it; False when it failed."""
+        full, self._full_requested = self._full_requested, False
         try:
-            with self._pool.connection(timeout=self._connect_timeout) as conn:
-                snapshot = calculate(conn)
+            snapshot, report = self._refresher.run(
+                full=full, increments_before=self._increments_before()
+            )
+            self._deliver(snapshot, self._refresher.seen)
+            self._refresher.settle()
         except psycopg.Error as error:
+            self._refresher.abandon()
             log.warning("sync failed: database error: %s", str(error).strip())
             return False
         except Exception:
             # A bug must not end the thread: the figures would silently freeze.
+            self._refresher.abandon()
             log.exception("sync failed: unexpected error")
             return False
-        self._deliver(snapshot)
-        log.info(
-            "sync: %d campaigns in %.2f s (snapshot %s)",
+        log.log(
+            logging.INFO if report.kind == "full" else logging.DEBUG,
+            "sync: %s refresh, %d campaigns in %.3f s (snapshot %s; %d actions and %d "
+            "supporters changed, %d keys, %d campaigns recounted)",
+            report.kind,
             len(snapshot.campaigns),
-            time.monotonic() - started,
+            report.seconds,
             snapshot.taken_at.isoformat(),
+            report.changed_actions,
+            report.changed_supporters,
+            report.keys,
+            report.recounted,
         )
         return True

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aproca/stats/v1/stats.proto\x12\x0eproca.stats.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x7f\n\x10IncrementRequest\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\x03\x12\x0e\n\x06org_id\x18\x02 \x01(\x03\x12\x13\n\x0b\x61\x63tion_type\x18\x03 \x01(\t\x12\x11\n\x04\x61rea\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x15\n\rnew_supporter\x18\x05 \x01(\x08\x42\x07\n\x05_area\"\x13\n\x11IncrementResponse\"&\n\x0fGetStatsRequest\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\x03\"@\n\x10GetStatsResponse\x12,\n\x05stats\x18\x01 \x01(\x0b\x32\x1d.proca.stats.v1.CampaignStats\"\xf9\x03\n\rCampaignStats\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\x03\x12\x12\n\nsupporters\x18\x02 \x01(\x03\x12I\n\x0f\x61\x63tions_by_type\x18\x03 \x03(\x0b\x32\x30.proca.stats.v1.CampaignStats.ActionsByTypeEntry\x12O\n\x12supporters_by_area\x18\x04 \x03(\x0b\x32\x33.proca.stats.v1.CampaignStats.SupportersByAreaEntry\x12M\n\x11supporters_by_org\x18\x05 \x03(\x0b\x32\x32.proca.stats.v1.CampaignStats.SupportersByOrgEntry\x12-\n\tsynced_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a\x34\n\x12\x41\x63tionsByTypeEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a\x37\n\x15SupportersByAreaEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a\x36\n\x14SupportersByOrgEntry\x12\x0b\n\x03key\x18\x01 \x01(\x03\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x32\xaf\x01\n\x0cStatsService\x12P\n\tIncrement\x12 .proca.stats.v1.IncrementRequest\x1a!.proca.stats.v1.IncrementResponse\x12M\n\x08GetStats\x12\x1f.proca.stats.v1.GetStatsRequest\x1a .proca.stats.v1.GetStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aproca/stats/v1/stats.proto\x12\x0eproca.stats.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa5\x01\n\x10IncrementRequest\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\x03\x12\x0e\n\x06org_id\x18\x02 \x01(\x03\x12\x13\n\x0b\x61\x63tion_type\x18\x03 \x01(\t\x12\x11\n\x04\x61rea\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x15\n\rnew_supporter\x18\x05 \x01(\x08\x12\x16\n\taction_id\x18\x06 \x01(\x03H\x01\x88\x01\x01\x42\x07\n\x05_areaB\x0c\n\n_action_id\"\x13\n\x11IncrementResponse\"&\n\x0fGetStatsRequest\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\x03\"@\n\x10GetStatsResponse\x12,\n\x05stats\x18\x01 \x01(\x0b\x32\x1d.proca.stats.v1.CampaignStats\"\xf9\x03\n\rCampaignStats\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\x03\x12\x12\n\nsupporters\x18\x02 \x01(\x03\x12I\n\x0f\x61\x63tions_by_type\x18\x03 \x03(\x0b\x32\x30.proca.stats.v1.CampaignStats.ActionsByTypeEntry\x12O\n\x12supporters_by_area\x18\x04 \x03(\x0b\x32\x33.proca.stats.v1.CampaignStats.SupportersByAreaEntry\x12M\n\x11supporters_by_org\x18\x05 \x03(\x0b\x32\x32.proca.stats.v1.CampaignStats.SupportersByOrgEntry\x12-\n\tsynced_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a\x34\n\x12\x41\x63tionsByTypeEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a\x37\n\x15SupportersByAreaEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a\x36\n\x14SupportersByOrgEntry\x12\x0b\n\x03key\x18\x01 \x01(\x03\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x32\xaf\x01\n\x0cStatsService\x12P\n\tIncrement\x12 .proca.stats.v1.IncrementRequest\x1a!.proca.stats.v1.IncrementResponse\x12M\n\x08GetStats\x12\x1f.proca.stats.v1.GetStatsRequest\x1a .proca.stats.v1.GetStatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,22 +38,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CAMPAIGNSTATS_SUPPORTERSBYAREAENTRY']._serialized_options = b'8\001'
   _globals['_CAMPAIGNSTATS_SUPPORTERSBYORGENTRY']._loaded_options = None
   _globals['_CAMPAIGNSTATS_SUPPORTERSBYORGENTRY']._serialized_options = b'8\001'
-  _globals['_INCREMENTREQUEST']._serialized_start=79
-  _globals['_INCREMENTREQUEST']._serialized_end=206
-  _globals['_INCREMENTRESPONSE']._serialized_start=208
-  _globals['_INCREMENTRESPONSE']._serialized_end=227
-  _globals['_GETSTATSREQUEST']._serialized_start=229
-  _globals['_GETSTATSREQUEST']._serialized_end=267
-  _globals['_GETSTATSRESPONSE']._serialized_start=269
-  _globals['_GETSTATSRESPONSE']._serialized_end=333
-  _globals['_CAMPAIGNSTATS']._serialized_start=336
-  _globals['_CAMPAIGNSTATS']._serialized_end=841
-  _globals['_CAMPAIGNSTATS_ACTIONSBYTYPEENTRY']._serialized_start=676
-  _globals['_CAMPAIGNSTATS_ACTIONSBYTYPEENTRY']._serialized_end=728
-  _globals['_CAMPAIGNSTATS_SUPPORTERSBYAREAENTRY']._serialized_start=730
-  _globals['_CAMPAIGNSTATS_SUPPORTERSBYAREAENTRY']._serialized_end=785
-  _globals['_CAMPAIGNSTATS_SUPPORTERSBYORGENTRY']._serialized_start=787
-  _globals['_CAMPAIGNSTATS_SUPPORTERSBYORGENTRY']._serialized_end=841
-  _globals['_STATSSERVICE']._serialized_start=844
-  _globals['_STATSSERVICE']._serialized_end=1019
+  _globals['_INCREMENTREQUEST']._serialized_start=80
+  _globals['_INCREMENTREQUEST']._serialized_end=245
+  _globals['_INCREMENTRESPONSE']._serialized_start=247
+  _globals['_INCREMENTRESPONSE']._serialized_end=266
+  _globals['_GETSTATSREQUEST']._serialized_start=268
+  _globals['_GETSTATSREQUEST']._serialized_end=306
+  _globals['_GETSTATSRESPONSE']._serialized_start=308
+  _globals['_GETSTATSRESPONSE']._serialized_end=372
+  _globals['_CAMPAIGNSTATS']._serialized_start=375
+  _globals['_CAMPAIGNSTATS']._serialized_end=880
+  _globals['_CAMPAIGNSTATS_ACTIONSBYTYPEENTRY']._serialized_start=715
+  _globals['_CAMPAIGNSTATS_ACTIONSBYTYPEENTRY']._serialized_end=767
+  _globals['_CAMPAIGNSTATS_SUPPORTERSBYAREAENTRY']._serialized_start=769
+  _globals['_CAMPAIGNSTATS_SUPPORTERSBYAREAENTRY']._serialized_end=824
+  _globals['_CAMPAIGNSTATS_SUPPORTERSBYORGENTRY']._serialized_start=826
+  _globals['_CAMPAIGNSTATS_SUPPORTERSBYORGENTRY']._serialized_end=880
+  _globals['_STATSSERVICE']._serialized_start=883
+  _globals['_STATSSERVICE']._serialized_end=1058
 # @@protoc_insertion_point(module_scope)
