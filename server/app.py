@@ -36,9 +36,9 @@ class StatsServer:
         self.store = StatsStore()
         self._pool = ConnectionPool(
             database_url,
-            # One connection holds the last snapshot open while the next refresh reads.
+            # Two keep snapshots (the held one and the next), one reads in them.
             min_size=1,
-            max_size=2,
+            max_size=3,
             open=False,
             name="proca-stats-sync",
             kwargs={

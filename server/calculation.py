@@ -25,11 +25,12 @@ compilation, set for this transaction only (``SET LOCAL``).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 
 import psycopg
-from psycopg import IsolationLevel
+from psycopg import IsolationLevel, sql
 from psycopg.rows import TupleRow
 
 from .counters import Snapshot
@@ -129,6 +130,43 @@ LATEST_CHANGES = """
 
 Key = tuple[int, bytes]  # (campaign id, fingerprint)
 Page = tuple[int, int | None, int]  # (campaign id, org id, extra supporters)
+
+
+def keep_snapshot(conn: psycopg.Connection[TupleRow]) -> tuple[datetime, str]:
+    """Open a read-only repeatable-read transaction that only keeps its snapshot.
+
+    It reads no table, so it holds no lock; other transactions read in its
+    snapshot by its id (``read_in``) while it stays open. Returns when the
+    snapshot was taken and its id.
+    """
+    conn.autocommit = False
+    conn.isolation_level = IsolationLevel.REPEATABLE_READ
+    conn.read_only = True
+    row = conn.execute("SELECT now(), pg_export_snapshot()").fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
+@contextmanager
+def read_in(
+    conn: psycopg.Connection[TupleRow], snapshot_id: str
+) -> Iterator[psycopg.Cursor[TupleRow]]:
+    """A cursor in a short transaction reading the kept snapshot ``snapshot_id``.
+
+    The transaction ends (and releases its locks) when the block does.
+    """
+    conn.autocommit = False
+    conn.isolation_level = IsolationLevel.REPEATABLE_READ
+    conn.read_only = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_id)))
+            for setting in SETTINGS:
+                cur.execute(setting.encode())
+            yield cur
+    finally:
+        if not conn.closed:
+            conn.rollback()  # read only: nothing to commit
 
 
 def begin(conn: psycopg.Connection[TupleRow]) -> datetime:

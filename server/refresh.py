@@ -1,8 +1,9 @@
 """Incremental refresh: after a full calculation, recount only what changed, exactly.
 
-How it stays exact. Every result describes one database snapshot, and the
-transaction that read it is kept open until the next refresh (the *held*
-snapshot, L). A refresh opens a new one (N) and:
+How it stays exact. Every result describes one database snapshot, and that
+snapshot is kept (``pg_export_snapshot`` in a transaction that stays open and
+reads no table) until the next refresh: the *held* snapshot, L. A refresh
+takes a new one (N) and:
 
 1. finds the actions and supporters changed since L: those whose
    ``updated_at`` is at or after the newest ``updated_at`` L held, less an
@@ -25,8 +26,10 @@ What it relies on: Proca sets ``updated_at`` on every insert and update of
 actions and supporters. Deleted rows leave no trace, and neither does a
 change that does not touch ``updated_at``: a full calculation runs every
 ``full_interval`` as the safety net, and whenever the held snapshot is lost.
-The held transaction is read-only; it keeps PostgreSQL from vacuuming rows
-deleted since it started, for one refresh interval.
+The keeping transaction is read-only and holds no lock; it keeps PostgreSQL
+from vacuuming rows deleted since it started, for one refresh interval (an
+``idle_in_transaction_session_timeout`` shorter than that interval ends it,
+and the next refresh is then a full calculation).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Collection
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -42,20 +46,24 @@ from psycopg.rows import TupleRow
 from psycopg_pool import ConnectionPool
 
 from .calculation import (
+    CAMPAIGNS,
     LATEST_CHANGES,
     Key,
     Page,
-    begin,
     campaign_figures,
     extra_supporters,
     full_tallies,
+    keep_snapshot,
     key_credits,
+    read_in,
     read_pages,
 )
 from .counters import CampaignCounters, Snapshot
 from .tally import CampaignTally
 
 log = logging.getLogger(__name__)
+
+Cursor = psycopg.Cursor[TupleRow]
 
 LIVE = 0  # campaigns.status
 
@@ -94,23 +102,29 @@ class RefreshReport:
 
 @dataclass
 class _State:
-    """The figures as of the held snapshot, in their parts."""
+    """The figures as of one kept snapshot, in their parts."""
 
-    conn: psycopg.Connection[TupleRow]
+    keeper: psycopg.Connection[TupleRow]  # its open transaction keeps the snapshot
+    snapshot_id: str
     tallies: dict[int, CampaignTally]
     figures: dict[int, CampaignCounters]
     statuses: dict[int, int]
     pages: dict[int, Page]
-    actions_mark: datetime | None  # newest actions.updated_at in the held snapshot
+    actions_mark: datetime | None  # newest actions.updated_at in the snapshot
     supporters_mark: datetime | None
 
 
 class Refresher:
-    """Produces snapshots, incrementally when it can; owns the held transaction.
+    """Produces snapshots, incrementally when it can; owns the kept snapshots.
 
-    Use: ``run()`` leaves the new snapshot's transaction open, so that the
-    handover can look action ids up in it (``seen``); then ``settle()`` keeps
-    it as the held snapshot, or ``abandon()`` drops everything after an error.
+    Use: ``run()`` computes a new snapshot and keeps it, so that the handover
+    can look action ids up in it (``seen``); then ``settle()`` makes it the
+    held snapshot the next run compares with, or ``abandon()`` drops
+    everything after an error (the next run is then a full calculation).
+
+    A snapshot is kept by a transaction that reads no table (so it holds no
+    lock that could stall Proca's migrations); the queries run in short
+    transactions on another connection that import it by id.
     """
 
     def __init__(
@@ -128,8 +142,9 @@ class Refresher:
         self._full_interval = full_interval
         self._slow_interval = slow_interval
         self._overlap = timedelta(seconds=overlap)
-        self._state: _State | None = None
-        self._next: _State | None = None
+        self._state: _State | None = None  # the held snapshot's figures
+        self._next: _State | None = None  # the last run's, until settled
+        self._work: psycopg.Connection[TupleRow] | None = None  # reads in kept snapshots
         self._last_full = 0.0
         self._last_slow = 0.0
         self._stale: set[int] = set()  # closed or ignored campaigns with changes not counted
@@ -140,16 +155,17 @@ class Refresher:
         """Compute a new snapshot: full when asked, due or without a held snapshot."""
         started = time.monotonic()
         due = self._full_interval and started - self._last_full >= self._full_interval
-        conn = self._pool.getconn(timeout=self._connect_timeout)
+        keeper = self._pool.getconn(timeout=self._connect_timeout)
         try:
-            taken_at = begin(conn)
-            with conn.cursor() as cur:
-                if full or due or self._state is None:
-                    state, report = self._full(conn, cur)
-                else:
-                    state, report = self._incremental(conn, cur, self._state, started)
+            if self._work is None:
+                self._work = self._pool.getconn(timeout=self._connect_timeout)
+            taken_at, snapshot_id = keep_snapshot(keeper)
+            if full or due or self._state is None:
+                state, report = self._full(keeper, snapshot_id)
+            else:
+                state, report = self._incremental(keeper, snapshot_id, self._state, started)
         except BaseException:
-            self._release(conn)
+            self._release(keeper)
             raise
         self._next = state
         snapshot = Snapshot(dict(state.figures), taken_at, increments_before)
@@ -165,25 +181,31 @@ class Refresher:
     def seen(self, action_ids: Collection[int]) -> set[int]:
         """Which of these action ids the snapshot of the last ``run()`` sees."""
         assert self._next is not None
-        with self._next.conn.cursor() as cur:
+        with self._reading(self._next.snapshot_id) as cur:
             return {row[0] for row in cur.execute(SEEN, (list(action_ids),))}
 
     def settle(self) -> None:
-        """Keep the last run's snapshot as the held one; release the one held before."""
+        """Hold the last run's snapshot for the next run; release the one held before."""
         assert self._next is not None
         if self._state is not None:
-            self._release(self._state.conn)
+            self._release(self._state.keeper)
         self._state, self._next = self._next, None
 
     def abandon(self) -> None:
-        """After an error: release every transaction; the next run is a full calculation."""
+        """After an error: release every connection; the next run is a full calculation."""
         for state in (self._next, self._state):
             if state is not None:
-                self._release(state.conn)
-        self._state = self._next = None
+                self._release(state.keeper)
+        if self._work is not None:
+            self._release(self._work)
+        self._state = self._next = self._work = None
         self._stale.clear()
 
     close = abandon
+
+    def _reading(self, snapshot_id: str) -> AbstractContextManager[Cursor]:
+        assert self._work is not None
+        return read_in(self._work, snapshot_id)
 
     def _release(self, conn: psycopg.Connection[TupleRow]) -> None:
         try:
@@ -194,30 +216,35 @@ class Refresher:
         self._pool.putconn(conn)
 
     def _full(
-        self, conn: psycopg.Connection[TupleRow], cur: psycopg.Cursor[TupleRow]
+        self, keeper: psycopg.Connection[TupleRow], snapshot_id: str
     ) -> tuple[_State, RefreshReport]:
-        tallies, statuses, pages = full_tallies(cur)
-        actions_mark, supporters_mark = next(cur.execute(LATEST_CHANGES))
-        now = time.monotonic()
-        self._last_full = self._last_slow = now
+        with self._reading(snapshot_id) as cur:
+            tallies, statuses, pages = full_tallies(cur)
+            actions_mark, supporters_mark = next(cur.execute(LATEST_CHANGES))
+        self._last_full = self._last_slow = time.monotonic()
         self._stale.clear()
         figures = {cid: t.counters() for cid, t in tallies.items()}
-        state = _State(conn, tallies, figures, statuses, pages, actions_mark, supporters_mark)
+        state = _State(
+            keeper, snapshot_id, tallies, figures, statuses, pages, actions_mark, supporters_mark
+        )
         return state, RefreshReport("full", recounted=len(tallies))
 
     def _incremental(
         self,
-        conn: psycopg.Connection[TupleRow],
-        cur: psycopg.Cursor[TupleRow],
+        keeper: psycopg.Connection[TupleRow],
+        snapshot_id: str,
         old: _State,
         started: float,
     ) -> tuple[_State, RefreshReport]:
-        statuses: dict[int, int] = dict(cur.execute("SELECT id, status FROM campaigns").fetchall())
-        pages = read_pages(cur)
-        actions, actions_mark = _changed(cur, CHANGED_ACTIONS, old.actions_mark, self._overlap)
-        supporters, supporters_mark = _changed(
-            cur, CHANGED_SUPPORTERS, old.supporters_mark, self._overlap
-        )
+        with self._reading(snapshot_id) as cur:
+            statuses: dict[int, int] = dict(cur.execute(CAMPAIGNS).fetchall())
+            pages = read_pages(cur)
+            actions, actions_mark = _changed(cur, CHANGED_ACTIONS, old.actions_mark, self._overlap)
+            supporters, supporters_mark = _changed(
+                cur, CHANGED_SUPPORTERS, old.supporters_mark, self._overlap
+            )
+            params = {"actions": actions, "supporters": supporters}
+            new_keys = _keys(cur, params) if actions or supporters else set()
 
         # Campaigns recounted whole: new, just live again, or whose pages moved.
         recount = {c for c, s in statuses.items() if s == LIVE and old.statuses.get(c) != LIVE}
@@ -229,6 +256,7 @@ class Refresher:
             recount |= self._stale
             self._stale = set()
             self._last_slow = started
+        recount &= statuses.keys()
 
         tallies = dict(old.tallies)
         touched: set[int] = set()
@@ -245,16 +273,15 @@ class Refresher:
                 tallies[campaign_id] = _copy(tallies.get(campaign_id) or CampaignTally())
             return tallies[campaign_id]
 
-        params = {"actions": actions, "supporters": supporters}
-        keys: set[Key] = set()
-        with old.conn.cursor() as old_cur:
-            if actions or supporters:
-                keys = _keys(old_cur, params) | _keys(cur, params)
+        with self._reading(old.snapshot_id) as cur:
+            keys = new_keys | (_keys(cur, params) if actions or supporters else set())
             keys = {k for k in keys if tally(k[0]) is not None}
-            before = key_credits(old_cur, keys)
-            old_actions = old_cur.execute(ACTIONS_OF, (actions,)).fetchall() if actions else []
-        after = key_credits(cur, keys)
-        new_actions = cur.execute(ACTIONS_OF, (actions,)).fetchall() if actions else []
+            before = key_credits(cur, keys)
+            old_actions = cur.execute(ACTIONS_OF, (actions,)).fetchall() if actions else []
+        with self._reading(snapshot_id) as cur:
+            after = key_credits(cur, keys)
+            new_actions = cur.execute(ACTIONS_OF, (actions,)).fetchall() if actions else []
+            recounted = campaign_figures(cur, sorted(recount)) if recount else {}
 
         for key in keys:
             was, now = before.get(key), after.get(key)
@@ -271,8 +298,6 @@ class Refresher:
                 if counted is not None and counts:
                     counted.count_actions(action_type, sign * n)
 
-        recount &= statuses.keys()
-        recounted = campaign_figures(cur, sorted(recount)) if recount else {}
         for campaign_id in recount:
             tallies[campaign_id] = recounted.get(campaign_id) or CampaignTally()
         for campaign_id in tallies.keys() - statuses.keys():  # deleted campaigns
@@ -296,7 +321,9 @@ class Refresher:
                     tallies[campaign_id] = _copy(tallies[campaign_id])
                 tallies[campaign_id].extra = extra.get(campaign_id, {})
                 figures[campaign_id] = tallies[campaign_id].counters()
-        state = _State(conn, tallies, figures, statuses, pages, actions_mark, supporters_mark)
+        state = _State(
+            keeper, snapshot_id, tallies, figures, statuses, pages, actions_mark, supporters_mark
+        )
         report = RefreshReport(
             "incremental", len(actions), len(supporters), len(keys), len(recount)
         )
