@@ -245,6 +245,7 @@ class Refresher:
             )
             params = {"actions": actions, "supporters": supporters}
             new_keys = _keys(cur, params) if actions or supporters else set()
+            new_actions = cur.execute(ACTIONS_OF, (actions,)).fetchall() if actions else []
 
         # Campaigns recounted whole: new, just live again, or whose pages moved.
         recount = {c for c, s in statuses.items() if s == LIVE and old.statuses.get(c) != LIVE}
@@ -252,51 +253,56 @@ class Refresher:
             page_was, page_now = old.pages.get(page_id), pages.get(page_id)
             if page_was is None or page_now is None or page_was[:2] != page_now[:2]:
                 recount.update(p[0] for p in (page_was, page_now) if p is not None)
-        if self._slow_interval == 0 or started - self._last_slow >= self._slow_interval:
-            recount |= self._stale
-            self._stale = set()
-            self._last_slow = started
-        recount &= statuses.keys()
+        slow_due = self._slow_interval == 0 or started - self._last_slow >= self._slow_interval
+
+        def by_delta(campaign_id: int) -> bool:
+            """Whether the campaign's figures change by delta now (else recounted or later)."""
+            return (
+                campaign_id not in recount
+                and campaign_id in statuses
+                and old.statuses.get(campaign_id) == LIVE
+            )
+
+        with self._reading(old.snapshot_id) as cur:
+            keys = new_keys | (_keys(cur, params) if actions or supporters else set())
+            old_actions = cur.execute(ACTIONS_OF, (actions,)).fetchall() if actions else []
+            # Closed and ignored campaigns with changes wait for the slow refresh.
+            affected = {k[0] for k in keys} | {row[0] for row in (*old_actions, *new_actions)}
+            self._stale |= {c for c in affected if c not in recount and c in statuses}
+            self._stale -= {c for c in affected if by_delta(c)}
+            if slow_due:
+                recount |= self._stale
+                self._stale = set()
+                self._last_slow = started
+            recount &= statuses.keys()
+            self._stale -= recount
+            keys = {k for k in keys if by_delta(k[0])}
+            before = key_credits(cur, keys)
+        with self._reading(snapshot_id) as cur:
+            after = key_credits(cur, keys)
+            recounted = campaign_figures(cur, sorted(recount)) if recount else {}
 
         tallies = dict(old.tallies)
         touched: set[int] = set()
 
-        def tally(campaign_id: int) -> CampaignTally | None:
-            """The campaign's tally to change by delta, copied on first write; None: not now."""
-            if campaign_id in recount or campaign_id not in statuses:
-                return None
-            if old.statuses.get(campaign_id) != LIVE:
-                self._stale.add(campaign_id)
-                return None
+        def tally(campaign_id: int) -> CampaignTally:
+            """The campaign's tally to change by delta, copied on first write."""
             if campaign_id not in touched:
                 touched.add(campaign_id)
                 tallies[campaign_id] = _copy(tallies.get(campaign_id) or CampaignTally())
             return tallies[campaign_id]
 
-        with self._reading(old.snapshot_id) as cur:
-            keys = new_keys | (_keys(cur, params) if actions or supporters else set())
-            keys = {k for k in keys if tally(k[0]) is not None}
-            before = key_credits(cur, keys)
-            old_actions = cur.execute(ACTIONS_OF, (actions,)).fetchall() if actions else []
-        with self._reading(snapshot_id) as cur:
-            after = key_credits(cur, keys)
-            new_actions = cur.execute(ACTIONS_OF, (actions,)).fetchall() if actions else []
-            recounted = campaign_figures(cur, sorted(recount)) if recount else {}
-
         for key in keys:
             was, now = before.get(key), after.get(key)
             if was != now:
-                counted = tally(key[0])
-                assert counted is not None
                 if was is not None:
-                    counted.credit(was, -1)
+                    tally(key[0]).credit(was, -1)
                 if now is not None:
-                    counted.credit(now, 1)
+                    tally(key[0]).credit(now, 1)
         for rows, sign in ((old_actions, -1), (new_actions, 1)):
             for campaign_id, action_type, counts, n in rows:
-                counted = tally(campaign_id)
-                if counted is not None and counts:
-                    counted.count_actions(action_type, sign * n)
+                if counts and by_delta(campaign_id):
+                    tally(campaign_id).count_actions(action_type, sign * n)
 
         for campaign_id in recount:
             tallies[campaign_id] = recounted.get(campaign_id) or CampaignTally()
