@@ -3,7 +3,7 @@
 -- Every campaign has pages of several orgs; people come back (duplicate fingerprints,
 -- ranked with dupe_rank as Proca does), act on several pages, have every status,
 -- some actions are testing ones, some pages carry extra supporters, most supporters an area.
-SELECT setseed(0.42) \gset
+SELECT setseed(0.42);
 
 INSERT INTO orgs (id, name, title)
 SELECT g, 'org' || g, 'Org ' || g FROM generate_series(1, greatest(:campaigns / 2, 4)) g;
@@ -61,3 +61,10 @@ FROM (
 ) a
 LEFT JOIN LATERAL (SELECT campaign_id FROM supporters WHERE id = a.sid) s ON true
 CROSS JOIN LATERAL (SELECT coalesce(s.campaign_id, 1 + (g % :campaigns)) AS c) cc;
+
+-- Rows were given their ids: move the sequences past them, as Proca's inserts would have.
+SELECT setval(pg_get_serial_sequence('orgs', 'id'), (SELECT max(id) FROM orgs));
+SELECT setval(pg_get_serial_sequence('campaigns', 'id'), (SELECT max(id) FROM campaigns));
+SELECT setval(pg_get_serial_sequence('action_pages', 'id'), (SELECT max(id) FROM action_pages));
+SELECT setval(pg_get_serial_sequence('supporters', 'id'), (SELECT max(id) FROM supporters));
+SELECT setval(pg_get_serial_sequence('actions', 'id'), (SELECT max(id) FROM actions));
