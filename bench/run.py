@@ -45,6 +45,7 @@ from psycopg_pool import ConnectionPool
 
 from proca_stats.client.v1 import stats_pb2
 from proca_stats.server.calculation import calculate
+from proca_stats.server.config import DEFAULT_CHANGE_OVERLAP_MS, DEFAULT_SLOW_SYNC_INTERVAL_MS
 from proca_stats.server.counters import CampaignCounters
 from proca_stats.server.database import create_recommended_indexes, init_schema
 from proca_stats.server.refresh import Refresher
@@ -199,8 +200,13 @@ def incremental(url: str, full_seconds: float, sizes: list[int]) -> None:
     say("\n2. Incremental refresh after N changed actions (half new, half status changes)")
     rng = random.Random(4)
     with ConnectionPool(url, min_size=1, max_size=3) as pool:
+        # The server's defaults: closed and ignored campaigns wait for the slow refresh.
         refresher = Refresher(
-            pool, connect_timeout=10, full_interval=0, slow_interval=0, overlap=60
+            pool,
+            connect_timeout=10,
+            full_interval=0,
+            slow_interval=DEFAULT_SLOW_SYNC_INTERVAL_MS / 1000,
+            overlap=DEFAULT_CHANGE_OVERLAP_MS / 1000,
         )
         try:
             refresher.run()
