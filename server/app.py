@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 from concurrent import futures
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from psycopg_pool import ConnectionPool
 
-from proca_stats.client.v1 import stats_pb2, stats_pb2_grpc
+from proca_stats.client.v1 import stats_pb2
 
 from .config import ServeConfig
 from .counters import Snapshot
@@ -71,7 +72,7 @@ class StatsServer:
             # Without this, a second server on the same port would start silently.
             options=[("grpc.so_reuseport", 0)],
         )
-        stats_pb2_grpc.add_StatsServiceServicer_to_server(StatsServicer(self.store), self._grpc)
+        self._grpc.add_generic_rpc_handlers((_stats_handler(StatsServicer(self.store)),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc
@@ -105,3 +106,22 @@ class StatsServer:
     def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
         for service in ("", SERVICE_NAME):
             self._health.set(service, status)
+
+
+def _stats_handler(servicer: StatsServicer) -> grpc.GenericRpcHandler[Any, Any]:
+    """StatsService's methods, GetStats answering with already serialized bytes."""
+    return grpc.method_handlers_generic_handler(
+        SERVICE_NAME,
+        {
+            "Increment": grpc.unary_unary_rpc_method_handler(
+                servicer.Increment,
+                request_deserializer=stats_pb2.IncrementRequest.FromString,
+                response_serializer=stats_pb2.IncrementResponse.SerializeToString,
+            ),
+            "GetStats": grpc.unary_unary_rpc_method_handler(
+                servicer.serialized_stats,
+                request_deserializer=stats_pb2.GetStatsRequest.FromString,
+                response_serializer=None,  # the bytes as they are
+            ),
+        },
+    )

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from typing import NoReturn, TypeVar
 
 import grpc
 
 from proca_stats.client.v1 import stats_pb2, stats_pb2_grpc
 
+from .counters import CampaignCounters
 from .messages import campaign_stats
-from .store import StatsStore
+from .store import EMPTY, StatsStore
 from .validation import ValidationError, campaign_id_from, increment_from
 
 Request = TypeVar("Request")
@@ -33,10 +35,19 @@ def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, details: str) -
 
 
 class StatsServicer(stats_pb2_grpc.StatsServiceServicer):
-    """The counters RPCs, answered from the store without touching the database."""
+    """The counters RPCs, answered from the store without touching the database.
+
+    GetStats is the hot path: its serialized answer is kept per campaign and
+    reused while the campaign's counters and snapshot are the very same
+    objects (counters are immutable and replaced on every change), so most
+    reads cost a lookup and no message building. The app registers
+    ``serialized_stats`` for it; ``GetStats`` gives the same answer as a message.
+    """
 
     def __init__(self, store: StatsStore) -> None:
         self._store = store
+        # campaign id → (counters, synced_at, serialized GetStatsResponse), known campaigns only
+        self._answers: dict[int, tuple[CampaignCounters, datetime, bytes]] = {}
 
     def Increment(
         self, request: stats_pb2.IncrementRequest, context: grpc.ServicerContext
@@ -47,6 +58,12 @@ class StatsServicer(stats_pb2_grpc.StatsServiceServicer):
     def GetStats(
         self, request: stats_pb2.GetStatsRequest, context: grpc.ServicerContext
     ) -> stats_pb2.GetStatsResponse:
+        return stats_pb2.GetStatsResponse.FromString(self.serialized_stats(request, context))
+
+    def serialized_stats(
+        self, request: stats_pb2.GetStatsRequest, context: grpc.ServicerContext
+    ) -> bytes:
+        """GetStats, answered with the serialized GetStatsResponse."""
         campaign_id = _validated(campaign_id_from, request, context)
         counters, synced_at = self._store.get(campaign_id)
         if synced_at is None:
@@ -55,4 +72,12 @@ class StatsServicer(stats_pb2_grpc.StatsServiceServicer):
                 grpc.StatusCode.UNAVAILABLE,
                 "stats are not ready: the first calculation has not succeeded yet",
             )
-        return stats_pb2.GetStatsResponse(stats=campaign_stats(campaign_id, counters, synced_at))
+        kept = self._answers.get(campaign_id)
+        if kept is not None and kept[0] is counters and kept[1] is synced_at:
+            return kept[2]
+        answer = stats_pb2.GetStatsResponse(
+            stats=campaign_stats(campaign_id, counters, synced_at)
+        ).SerializeToString()
+        if counters is not EMPTY:  # unknown campaigns are not kept: ids are unbounded
+            self._answers[campaign_id] = (counters, synced_at, answer)
+        return answer

@@ -16,7 +16,7 @@ from datetime import datetime
 
 from .counters import CampaignCounters, Increment, incremented
 
-_EMPTY = CampaignCounters()
+EMPTY = CampaignCounters()  # what an unknown campaign reads as
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +72,7 @@ class StatsStore:
                 self._known.add(inc.action_id)
                 self._log.append(Arrival(self._arrivals, inc))
                 self._arrivals += 1
-            current = self._campaigns.get(inc.campaign_id, _EMPTY)
+            current = self._campaigns.get(inc.campaign_id, EMPTY)
             self._campaigns[inc.campaign_id] = incremented(current, inc)
         return True
 
@@ -101,7 +101,7 @@ class StatsStore:
     def get(self, campaign_id: int) -> tuple[CampaignCounters, datetime | None]:
         """A campaign's counters (zeros when unknown) and when their snapshot was taken."""
         with self._lock:
-            return self._campaigns.get(campaign_id, _EMPTY), self._synced_at
+            return self._campaigns.get(campaign_id, EMPTY), self._synced_at
 
     def replace_if_current(self, new: Replacement) -> bool:
         """Swap in prepared figures unless an Increment with an action id arrived meanwhile.

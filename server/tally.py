@@ -59,14 +59,18 @@ class CampaignTally:
         _add(self.actions, action_type, n)
 
     def counters(self) -> CampaignCounters:
-        """The published figures: extra supporters added to the total and to their org."""
-        by_org = dict(self.by_org)
-        for org_id, extra in self.extra.items():
-            if org_id is not None:
-                by_org[org_id] = by_org.get(org_id, 0) + extra
+        """The published figures: extra supporters added to the total and to their org.
+
+        The maps are shared with this tally, not copied (a campaign's figures
+        are held twice, in the store and here): a tally is never changed once
+        its counters are out; a refresh changes a copy (refresh.py).
+        """
+        by_org = self.by_org
+        if any(org_id is not None for org_id in self.extra):
+            by_org = dict(self.by_org)
+            for org_id, extra in self.extra.items():
+                if org_id is not None:
+                    by_org[org_id] = by_org.get(org_id, 0) + extra
         return CampaignCounters(
-            self.supporters + sum(self.extra.values()),
-            dict(self.actions),
-            dict(self.by_area),
-            by_org,
+            self.supporters + sum(self.extra.values()), self.actions, self.by_area, by_org
         )
