@@ -158,7 +158,9 @@ def read_in(
 ) -> Iterator[psycopg.Cursor[TupleRow]]:
     """A cursor in a short transaction reading the kept snapshot ``snapshot_id``.
 
-    The transaction ends (and releases its locks) when the block does.
+    The transaction ends (and releases its locks) when the block does. The
+    planner settings of the full calculation are left to it (``campaign_figures``):
+    small look-ups are better served without parallel workers.
     """
     conn.autocommit = False
     conn.isolation_level = IsolationLevel.REPEATABLE_READ
@@ -166,8 +168,6 @@ def read_in(
     try:
         with conn.cursor() as cur:
             cur.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_id)))
-            for setting in SETTINGS:
-                cur.execute(setting.encode())
             yield cur
     finally:
         if not conn.closed:
@@ -185,8 +185,6 @@ def begin(conn: psycopg.Connection[TupleRow]) -> datetime:
     with conn.cursor() as cur:
         # The snapshot is taken by the transaction's first statement: this one.
         taken_at: datetime = next(cur.execute("SELECT now()"))[0]
-        for setting in SETTINGS:
-            cur.execute(setting.encode())
     return taken_at
 
 
@@ -223,6 +221,8 @@ def campaign_figures(
 
     Campaigns without any counted row are left out; extra supporters are not included.
     """
+    for setting in SETTINGS:  # for the rest of the transaction
+        cur.execute(setting.encode())
     where, params = "", {}
     if campaign_ids is not None:
         where, params = "AND a.campaign_id = ANY(%(ids)s)", {"ids": list(campaign_ids)}
