@@ -78,9 +78,7 @@ class StatsClient:
         request = stats_pb2.WatchStatsRequest(
             campaign_id=campaign_id, min_interval_ms=min_interval_ms
         )
-        return StatsWatch(
-            self._stub.WatchStats(request, timeout=timeout, metadata=self._metadata)
-        )
+        return StatsWatch(self._stub.WatchStats(request, timeout=timeout, metadata=self._metadata))
 
     def increment(
         self,
@@ -90,15 +88,21 @@ class StatsClient:
         *,
         area: str | None = None,
         new_supporter: bool = False,
+        action_id: int | None = None,
         timeout: float | None = None,
     ) -> None:
-        """Record one accepted action; ``new_supporter`` when it created the supporter."""
+        """Record one accepted action; ``new_supporter`` when it created the supporter.
+
+        Pass the stored action's ``action_id`` to make the call safe to retry (it
+        counts once) and to keep it across a recalculation that was running.
+        """
         request = stats_pb2.IncrementRequest(
             campaign_id=campaign_id,
             org_id=org_id,
             action_type=action_type,
             area=area,
             new_supporter=new_supporter,
+            action_id=action_id,
         )
         self._call(self._stub.Increment, request, timeout)
 

@@ -15,7 +15,9 @@ from .auth import TokenAuthInterceptor, load_tokens, read_methods
 from .config import ServeConfig, parse_listen
 from .counters import Snapshot
 from .handlers import Interceptor
+from .handover import Lookup, swap_in
 from .metrics import Metrics, MetricsInterceptor
+from .refresh import Refresher
 from .service import SERVICE, StatsServicer, add_stats_service
 from .store import StatsStore
 from .sync import SyncWorker
@@ -55,8 +57,9 @@ class StatsServer:
         self.metrics = Metrics(campaigns=self.store.__len__)
         self._pool = ConnectionPool(
             database_url,
+            # Two keep snapshots (the held one and the next), one reads in them.
             min_size=1,
-            max_size=1,
+            max_size=3,
             open=False,
             name="proca-stats-sync",
             # A connection broken while idle (database restarted) is replaced, not used.
@@ -66,12 +69,19 @@ class StatsServer:
                 "connect_timeout": max(1, round(config.connect_timeout)),
             },
         )
-        self.sync = SyncWorker(
+        self.refresher = Refresher(
             self._pool,
+            connect_timeout=config.connect_timeout,
+            timeout=config.sync_timeout_ms / 1000,
+            full_interval=config.full_sync_interval_ms / 1000,
+            slow_interval=config.slow_sync_interval_ms / 1000,
+            overlap=config.change_overlap_ms / 1000,
+        )
+        self.sync = SyncWorker(
+            self.refresher,
             self,
             interval=config.sync_interval_ms / 1000,
-            timeout=config.sync_timeout_ms / 1000,
-            connect_timeout=config.connect_timeout,
+            increments_before=self.store.arrivals,
         )
         self._health = health.HealthServicer(
             experimental_non_blocking=True,
@@ -165,9 +175,11 @@ class StatsServer:
         self._pool.close()
         self.metrics.close()
 
-    def delivered(self, snapshot: Snapshot, seconds: float) -> None:
+    def delivered(self, snapshot: Snapshot, seen: Lookup, seconds: float) -> None:
         """A calculation finished: its figures replace the old ones, and the server is ready."""
-        self.store.replace(snapshot)
+        reapplied = swap_in(self.store, snapshot, seen)
+        if reapplied:
+            log.debug("re-applied %d increments the snapshot had not seen", reapplied)
         self.metrics.sync_succeeded(seconds)
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
 

@@ -28,9 +28,12 @@ from .app import BindError, StatsServer
 from .auth import load_tokens
 from .calculation import calculate
 from .config import (
+    DEFAULT_CHANGE_OVERLAP_MS,
     DEFAULT_DATA_DIR,
+    DEFAULT_FULL_SYNC_INTERVAL_MS,
     DEFAULT_LISTEN,
     DEFAULT_MAX_WATCHERS,
+    DEFAULT_SLOW_SYNC_INTERVAL_MS,
     DEFAULT_SYNC_INTERVAL_MS,
     DEFAULT_SYNC_TIMEOUT_MS,
     ConfigError,
@@ -44,7 +47,12 @@ from .config import (
     parse_listen,
     parse_milliseconds,
 )
-from .database import EmbeddedDatabaseError, init_schema, start_embedded
+from .database import (
+    EmbeddedDatabaseError,
+    create_recommended_indexes,
+    init_schema,
+    start_embedded,
+)
 from .logs import configure_logging
 from .messages import campaign_stats
 from .tls import read_pem
@@ -98,6 +106,9 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         database_url=args.database_url,
         sync_interval_ms=parse_milliseconds("--sync-interval", args.sync_interval),
         sync_timeout_ms=parse_milliseconds("--sync-timeout", args.sync_timeout),
+        slow_sync_interval_ms=parse_milliseconds("--slow-sync-interval", args.slow_sync_interval),
+        full_sync_interval_ms=parse_milliseconds("--full-sync-interval", args.full_sync_interval),
+        change_overlap_ms=parse_milliseconds("--change-overlap", args.change_overlap),
         max_watchers=parse_count("--max-watchers", args.max_watchers, minimum=0),
         data_dir=args.data_dir,
         tls=tls,
@@ -164,6 +175,7 @@ def cmd_increment(args: argparse.Namespace) -> None:
             args.type,
             area=args.area,
             new_supporter=args.new_supporter,
+            action_id=args.action_id,
         )
 
 
@@ -171,6 +183,9 @@ def cmd_db_init(args: argparse.Namespace) -> None:
     url = _database_url(args)
     if args.database_url:  # the embedded database got its schema on start
         init_schema(url)
+    if args.recommended_indexes:
+        create_recommended_indexes(url)
+        print("recommended indexes ready", file=sys.stderr)
     print("schema ready", file=sys.stderr)
 
 
@@ -213,7 +228,25 @@ def _add_serve_options(serve: argparse.ArgumentParser) -> None:
             "--sync-interval",
             "SYNC_INTERVAL",
             str(DEFAULT_SYNC_INTERVAL_MS),
-            "milliseconds between full calculations; 0 = only at start",
+            "milliseconds between refreshes of live campaigns; 0 = only at start",
+        ),
+        (
+            "--slow-sync-interval",
+            "SLOW_SYNC_INTERVAL",
+            str(DEFAULT_SLOW_SYNC_INTERVAL_MS),
+            "milliseconds between refreshes of closed and ignored campaigns with changes",
+        ),
+        (
+            "--full-sync-interval",
+            "FULL_SYNC_INTERVAL",
+            str(DEFAULT_FULL_SYNC_INTERVAL_MS),
+            "milliseconds between full calculations, the safety net; 0 = only at start",
+        ),
+        (
+            "--change-overlap",
+            "CHANGE_OVERLAP",
+            str(DEFAULT_CHANGE_OVERLAP_MS),
+            "how far behind the newest updated_at a refresh looks again for late commits",
         ),
         (
             "--sync-timeout",
@@ -336,6 +369,12 @@ def build_parser() -> argparse.ArgumentParser:
     increment.add_argument(
         "--new-supporter", action="store_true", help="the action created a new supporter"
     )
+    increment.add_argument(
+        "--action-id",
+        type=int,
+        metavar="ID",
+        help="the stored action's id: a retried call then counts once",
+    )
     _add_client_options(increment)
     increment.set_defaults(run=cmd_increment)
 
@@ -343,6 +382,11 @@ def build_parser() -> argparse.ArgumentParser:
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND")
     db_init = db_commands.add_parser("init", help="create the tables proca-stats reads, if missing")
     _add_database_options(db_init)
+    db_init.add_argument(
+        "--recommended-indexes",
+        action="store_true",
+        help="also create the indexes incremental refreshes use (on Proca's tables)",
+    )
     db_init.set_defaults(run=cmd_db_init)
 
     dump = commands.add_parser("dump", help="run one full calculation, print JSON lines")

@@ -15,6 +15,9 @@ DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_SYNC_INTERVAL_MS = 60_000  # Proca's SYNC_INTERVAL
 DEFAULT_SYNC_TIMEOUT_MS = 300_000
 DEFAULT_MAX_WATCHERS = 1000
+DEFAULT_SLOW_SYNC_INTERVAL_MS = 600_000  # closed and ignored campaigns
+DEFAULT_FULL_SYNC_INTERVAL_MS = 3_600_000  # the safety net
+DEFAULT_CHANGE_OVERLAP_MS = 60_000  # how late a change may commit after its updated_at
 DEFAULT_DATA_DIR = platformdirs.user_data_path("proca-stats")
 
 
@@ -45,8 +48,11 @@ class TlsFiles:
 class ServeConfig:
     listen: str = DEFAULT_LISTEN
     database_url: str | None = None  # None: run on the embedded PostgreSQL
-    sync_interval_ms: int = DEFAULT_SYNC_INTERVAL_MS
+    sync_interval_ms: int = DEFAULT_SYNC_INTERVAL_MS  # between refreshes of live campaigns
     sync_timeout_ms: int = DEFAULT_SYNC_TIMEOUT_MS
+    slow_sync_interval_ms: int = DEFAULT_SLOW_SYNC_INTERVAL_MS
+    full_sync_interval_ms: int = DEFAULT_FULL_SYNC_INTERVAL_MS
+    change_overlap_ms: int = DEFAULT_CHANGE_OVERLAP_MS
     data_dir: Path = DEFAULT_DATA_DIR
     tls: TlsFiles | None = None
     token_file: Path | None = None

@@ -34,15 +34,20 @@ class Increment:
     action_type: str
     area: str | None
     new_supporter: bool
+    action_id: int | None = None  # actions.id, when the caller gave it
 
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """The result of one full calculation: every campaign's counters at ``taken_at``."""
+    """The result of one calculation: every campaign's counters at ``taken_at``.
+
+    ``increments_before`` is how many Increments with an action id the store
+    had counted before the snapshot was taken (see handover.py).
+    """
 
     campaigns: dict[int, CampaignCounters]
     taken_at: datetime
-    rows_read: int = 0  # grouped rows the database sent, for the sync's log line
+    increments_before: int = 0
 
 
 Key = TypeVar("Key", str, int)

@@ -53,3 +53,21 @@ def init_schema(url: str) -> None:
     """Create the Proca tables that proca-stats reads where missing; leave existing ones alone."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(SCHEMA_SQL.encode())
+
+
+# Indexes that make incremental refreshes cost what changed (README, "Recommended indexes").
+# Proca's own schema does not have them; they are created only when asked
+# (`proca-stats db init --recommended-indexes`).
+RECOMMENDED_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS actions_updated_at_index ON actions (updated_at)",
+    "CREATE INDEX IF NOT EXISTS supporters_updated_at_index ON supporters (updated_at)",
+    "CREATE INDEX IF NOT EXISTS actions_supporter_id_index ON actions (supporter_id)",
+    "CREATE INDEX IF NOT EXISTS actions_campaign_id_index ON actions (campaign_id)",
+)
+
+
+def create_recommended_indexes(url: str) -> None:
+    """Create the indexes incremental refreshes use, where missing."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        for statement in RECOMMENDED_INDEXES:
+            conn.execute(statement.encode())

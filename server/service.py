@@ -14,7 +14,7 @@ from google.protobuf.message_factory import GetMessageClass
 
 from proca_stats.client.v1 import stats_pb2, stats_pb2_grpc
 
-from .counters import CampaignCounters
+from .counters import NO_COUNTERS, CampaignCounters
 from .messages import campaign_stats
 from .store import CapacityError, StatsStore
 from .validation import (
@@ -82,11 +82,21 @@ def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, details: str) -
 
 
 class StatsServicer(stats_pb2_grpc.StatsServiceServicer):
-    """The counters RPCs, answered from the store without touching the database."""
+    """The counters RPCs, answered from the store without touching the database.
+
+    GetStats is the hot path: its serialized answer is kept per campaign and
+    reused while the campaign's counters and snapshot are the very same
+    objects (counters are immutable and replaced on every change), so most
+    reads cost a lookup and no message building. ``add_stats_service``
+    registers ``serialized_stats`` for it; ``GetStats`` gives the same answer
+    as a message.
+    """
 
     def __init__(self, store: StatsStore, watchers: Watchers) -> None:
         self._store = store
         self._watchers = watchers
+        # campaign id → (counters, synced_at, serialized GetStatsResponse), known campaigns only
+        self._answers: dict[int, tuple[CampaignCounters, datetime, bytes]] = {}
 
     def Increment(
         self,
@@ -105,10 +115,26 @@ class StatsServicer(stats_pb2_grpc.StatsServiceServicer):
         request: stats_pb2.GetStatsRequest | MalformedRequest,
         context: grpc.ServicerContext,
     ) -> stats_pb2.GetStatsResponse:
+        return stats_pb2.GetStatsResponse.FromString(self.serialized_stats(request, context))
+
+    def serialized_stats(
+        self,
+        request: stats_pb2.GetStatsRequest | MalformedRequest,
+        context: grpc.ServicerContext,
+    ) -> bytes:
+        """GetStats, answered with the serialized GetStatsResponse."""
         campaign_id = _validated(campaign_id_from, request, context)
         counters, synced_at = self._store.get(campaign_id)
-        _ready(synced_at, context)
-        return stats_pb2.GetStatsResponse(stats=campaign_stats(campaign_id, counters, synced_at))
+        synced_at = _ready(synced_at, context)
+        kept = self._answers.get(campaign_id)
+        if kept is not None and kept[0] is counters and kept[1] is synced_at:
+            return kept[2]
+        answer = stats_pb2.GetStatsResponse(
+            stats=campaign_stats(campaign_id, counters, synced_at)
+        ).SerializeToString()
+        if counters is not NO_COUNTERS:  # unknown campaigns are not kept: ids are unbounded
+            self._answers[campaign_id] = (counters, synced_at, answer)
+        return answer
 
     def BatchGetStats(
         self,
@@ -206,7 +232,8 @@ def add_stats_service(servicer: StatsServicer, server: grpc.Server) -> None:
     """Register every RPC of the proto's StatsService with tolerant request parsing.
 
     Used instead of the generated ``add_StatsServiceServicer_to_server``, which
-    lets a malformed request end in INTERNAL.
+    lets a malformed request end in INTERNAL; GetStats is registered with the
+    servicer's kept serialized answers.
     """
     handlers = {}
     for method in SERVICE.methods:
@@ -215,10 +242,16 @@ def add_stats_service(servicer: StatsServicer, server: grpc.Server) -> None:
             if method.server_streaming
             else grpc.unary_unary_rpc_method_handler
         )
+        behavior = getattr(servicer, method.name)
+        serialize: Callable[[Any], bytes] | None = GetMessageClass(
+            method.output_type
+        ).SerializeToString
+        if method.name == "GetStats":  # answers with bytes it already holds
+            behavior, serialize = servicer.serialized_stats, None
         handlers[method.name] = build(
-            getattr(servicer, method.name),
+            behavior,
             request_deserializer=_tolerant_parser(GetMessageClass(method.input_type)),
-            response_serializer=GetMessageClass(method.output_type).SerializeToString,
+            response_serializer=serialize,
         )
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),)

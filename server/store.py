@@ -1,20 +1,23 @@
 """The in-memory counters of every campaign, shared by the RPC threads and the sync.
 
-One lock guards two references: the campaigns map and the time of the snapshot
-it builds on. Every critical section is a dictionary lookup or assignment;
-building responses and calculating snapshots happen outside it, and so does
-telling the watchers: they are told after the lock is released.
+One lock guards the campaigns map, the time of the snapshot it builds on and
+the memory of Increments that carry an action id. Every critical section is a
+few dictionary or list operations; building responses, calculating snapshots
+and re-applying Increments on top of a new snapshot happen outside it
+(see handover.py), and so does telling the watchers: they are told after the
+lock is released.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
 from .config import Limits
-from .counters import NO_COUNTERS, CampaignCounters, Increment, Snapshot, incremented
+from .counters import NO_COUNTERS, CampaignCounters, Increment, incremented
 
 
 class ChangeListener(Protocol):
@@ -38,32 +41,68 @@ def _check_keys(counters: CampaignCounters, inc: Increment, max_keys: int) -> No
         ("area", inc.area, counters.supporters_by_area),
         ("org_id", inc.org_id, counters.supporters_by_org),
     )
-    for field, key, counts in maps:
+    for field_name, key, counts in maps:
         if key is not None and key not in counts and len(counts) >= max_keys:
             raise CapacityError(
-                f"{field}: campaign {inc.campaign_id} already has {max_keys} distinct keys "
-                "in this map (--max-keys-per-map); an Increment cannot add another"
+                f"{field_name}: campaign {inc.campaign_id} already has {max_keys} distinct "
+                "keys in this map (--max-keys-per-map); an Increment cannot add another"
             )
 
 
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    """An Increment with an action id, numbered in the order the store counted it."""
+
+    seq: int
+    increment: Increment
+
+
+@dataclass(frozen=True, slots=True)
+class Replacement:
+    """A new snapshot's figures, ready to swap in, and what the store remembers after it.
+
+    ``upto`` is the number of Increments with an action id the figures were
+    prepared against: the swap is refused when more arrived since.
+    """
+
+    campaigns: dict[int, CampaignCounters]
+    taken_at: datetime
+    upto: int
+    remembered: frozenset[int] = frozenset()
+    carried: list[Arrival] = field(default_factory=list)
+
+
 class StatsStore:
-    """Thread-safe campaign counters, replaced whole by each full calculation."""
+    """Thread-safe campaign counters, replaced whole by each calculation.
+
+    Increments with an action id are remembered so that a retry counts once and
+    so that the next swap can re-apply those its snapshot did not see. Memory
+    stays bounded: each swap forgets every id except those it re-applied and
+    those its snapshot confirmed (kept one generation for late retries).
+    """
 
     def __init__(
         self, limits: Limits | None = None, listener: ChangeListener | None = None
     ) -> None:
         self._limits = limits or Limits()
+        self._listener = listener
         self._lock = threading.Lock()
         self._campaigns: dict[int, CampaignCounters] = {}
         self._synced_at: datetime | None = None
-        self._listener = listener
+        self._known: set[int] = set()  # action ids that must not count again
+        self._log: list[Arrival] = []  # Increments with an action id since the last swap
+        self._carried: list[Arrival] = []  # re-applied by the last swap, not yet seen
+        self._arrivals = 0  # Increments with an action id ever counted
 
-    def increment(self, inc: Increment) -> None:
-        """Count one accepted action; a campaign not seen yet is created.
+    def increment(self, inc: Increment) -> bool:
+        """Count one accepted action; False when its action id was already counted.
 
-        Raises CapacityError, counting nothing, when a cap would be passed.
+        A campaign not seen yet is created. Raises CapacityError, counting
+        nothing, when a cap would be passed.
         """
         with self._lock:
+            if inc.action_id is not None and inc.action_id in self._known:
+                return False
             current = self._campaigns.get(inc.campaign_id)
             if current is None:
                 if len(self._campaigns) >= self._limits.max_campaigns:
@@ -73,9 +112,36 @@ class StatsStore:
                     )
                 current = NO_COUNTERS
             _check_keys(current, inc, self._limits.max_keys_per_map)
+            if inc.action_id is not None:
+                self._known.add(inc.action_id)
+                self._log.append(Arrival(self._arrivals, inc))
+                self._arrivals += 1
             self._campaigns[inc.campaign_id] = incremented(current, inc)
         if self._listener is not None:
             self._listener.campaign_changed(inc.campaign_id)
+        return True
+
+    def arrivals(self) -> int:
+        """How many Increments with an action id were counted so far.
+
+        The sync reads it just before a calculation's snapshot is taken: every
+        Increment numbered below it reported an action already committed, so
+        that snapshot sees the action if the database still has it.
+        """
+        with self._lock:
+            return self._arrivals
+
+    def arrived_since(self, seq: int) -> tuple[list[Arrival], int]:
+        """The Increments with an action id numbered ``seq`` or later since the last swap,
+        and how many were counted so far."""
+        with self._lock:
+            base = self._log[0].seq if self._log else self._arrivals
+            return self._log[max(0, seq - base) :], self._arrivals
+
+    def carried(self) -> list[Arrival]:
+        """The Increments the last swap re-applied because its snapshot had not seen them."""
+        with self._lock:
+            return list(self._carried)
 
     def get(self, campaign_id: int) -> tuple[CampaignCounters, datetime | None]:
         """A campaign's counters (zeros when unknown) and when their snapshot was taken."""
@@ -93,14 +159,45 @@ class StatsStore:
         with self._lock:
             return [self._campaigns.get(cid, NO_COUNTERS) for cid in campaign_ids], self._synced_at
 
-    def replace(self, snapshot: Snapshot) -> None:
-        """Swap in a full calculation's result; the store takes ownership of its map."""
+    def replace_if_current(self, new: Replacement) -> bool:
+        """Swap in prepared figures unless an Increment with an action id arrived meanwhile.
+
+        When one did, nothing changes and the caller prepares again with it.
+        The store takes ownership of the map.
+        """
+        with self._lock:
+            if self._arrivals != new.upto:
+                return False
+            old = self._campaigns
+            self._campaigns = new.campaigns
+            self._synced_at = new.taken_at
+            self._known = set(new.remembered)
+            self._carried = new.carried
+            self._log = []
+        if self._listener is not None:
+            self._listener.campaigns_replaced(old, new.campaigns)
+        return True
+
+    def replace(self, campaigns: dict[int, CampaignCounters], taken_at: datetime) -> None:
+        """Swap in figures unconditionally, forgetting every remembered Increment."""
         with self._lock:
             old = self._campaigns
-            self._campaigns = snapshot.campaigns
-            self._synced_at = snapshot.taken_at
+            self._campaigns = campaigns
+            self._synced_at = taken_at
+            self._known = set()
+            self._carried = []
+            self._log = []
         if self._listener is not None:
-            self._listener.campaigns_replaced(old, snapshot.campaigns)
+            self._listener.campaigns_replaced(old, campaigns)
+
+    def remembered(self) -> int:
+        """How many action ids the store remembers (for tests and the benchmark)."""
+        with self._lock:
+            return len(self._known)
+
+    def campaign_ids(self) -> Iterable[int]:
+        with self._lock:
+            return list(self._campaigns)
 
     @property
     def synced_at(self) -> datetime | None:

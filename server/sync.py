@@ -1,8 +1,10 @@
 """The background recalculation (SPEC §4): it only produces snapshots and hands them over.
 
 One thread runs every calculation, so two never run at once (the `query_runs`
-flag of Proca's module). A failed calculation leaves the store as it was: the
-server keeps answering with the last figures and retries with a capped backoff.
+flag of Proca's module). Which calculation runs — full or incremental — is the
+refresher's business (refresh.py); swapping the result in is the deliverer's
+(handover.py). A failed calculation leaves the store as it was: the server
+keeps answering with the last figures and retries with a capped backoff.
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 import psycopg
-from psycopg_pool import ConnectionPool
 
-from .calculation import calculate
 from .counters import Snapshot
+from .handover import Lookup
+from .refresh import Refresher
 
 log = logging.getLogger(__name__)
 
@@ -33,37 +36,42 @@ def backoff_delay(failures: int, base: float, cap: float) -> float:
 
 
 class SyncListener(Protocol):
-    """Where the sync's results go: the store (through the app) and the metrics."""
+    """Where the sync's results go: the store (through the app) and the metrics.
 
-    def delivered(self, snapshot: Snapshot, seconds: float) -> None: ...
+    ``delivered(snapshot, seen, seconds)`` runs while the snapshot's transaction
+    is still open: ``seen(action_ids)`` tells which actions the snapshot sees.
+    """
+
+    def delivered(self, snapshot: Snapshot, seen: Lookup, seconds: float) -> None: ...
 
     def failed(self, seconds: float) -> None: ...
 
 
 class SyncWorker:
-    """Recalculates every campaign at an interval and passes each result to its listener."""
+    """Refreshes the figures at an interval and passes each snapshot to its listener.
+
+    ``increments_before()`` is read just before each snapshot is taken.
+    """
 
     def __init__(
         self,
-        pool: ConnectionPool,
+        refresher: Refresher,
         listener: SyncListener,
         *,
         interval: float,
-        timeout: float,
-        connect_timeout: float,
+        increments_before: Callable[[], int] = lambda: 0,
         retry_base: float = 0.5,
         retry_cap: float = 30.0,
     ) -> None:
-        """Times in seconds. ``interval`` 0 calculates once at start (retrying until it succeeds);
-        ``timeout`` cancels a calculation that runs longer (0: never)."""
-        self._pool = pool
+        """``interval`` is in seconds; 0 calculates once at start (retrying until it succeeds)."""
+        self._refresher = refresher
         self._listener = listener
         self._interval = interval
-        self._timeout_ms = round(timeout * 1000)
-        self._connect_timeout = connect_timeout
+        self._increments_before = increments_before
         self._retry_base = retry_base
         self._retry_cap = retry_cap
         self._wake = threading.Event()
+        self._full_requested = False
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="proca-stats-sync", daemon=True)
 
@@ -73,15 +81,19 @@ class SyncWorker:
     def is_alive(self) -> bool:
         return self._thread.is_alive()
 
-    def request(self) -> None:
-        """Run a calculation now rather than at the next interval."""
+    def request(self, *, full: bool = False) -> None:
+        """Refresh now rather than at the next interval; ``full``: a full calculation."""
+        if full:
+            self._full_requested = True
         self._wake.set()
 
     def stop(self, timeout: float | None = None) -> None:
-        """Stop after the running calculation, if any."""
+        """Stop after the running calculation, if any, and release its transactions."""
         self._stopping = True
         self._wake.set()
         self._thread.join(timeout)
+        if not self._thread.is_alive():
+            self._refresher.close()
 
     def _run(self) -> None:
         failures = 0
@@ -97,28 +109,36 @@ class SyncWorker:
             self._wake.wait(delay)
 
     def _attempt(self) -> bool:
-        """Run one calculation and deliver it; False when it failed."""
+        """Run one refresh and deliver it; False when it failed."""
+        full, self._full_requested = self._full_requested, False
         started = time.monotonic()
         try:
-            with self._pool.connection(timeout=self._connect_timeout) as conn:
-                snapshot = calculate(conn, self._timeout_ms)
-        except psycopg.errors.QueryCanceled:
-            log.warning("sync failed: the calculation ran past --sync-timeout and was cancelled")
-        except psycopg.Error as error:
-            log.warning("sync failed: database error: %s", str(error).strip())
-        except Exception:
-            # A bug must not end the thread: the figures would silently freeze.
-            log.exception("sync failed: unexpected error")
-        else:
-            seconds = time.monotonic() - started
-            self._listener.delivered(snapshot, seconds)
-            log.info(
-                "sync: %d campaigns from %d aggregated rows in %.2f s (snapshot %s)",
-                len(snapshot.campaigns),
-                snapshot.rows_read,
-                seconds,
-                snapshot.taken_at.isoformat(),
+            snapshot, report = self._refresher.run(
+                full=full, increments_before=self._increments_before()
             )
-            return True
-        self._listener.failed(time.monotonic() - started)
-        return False
+            self._listener.delivered(snapshot, self._refresher.seen, report.seconds)
+            self._refresher.settle()
+        except Exception as error:
+            self._refresher.abandon()
+            if isinstance(error, psycopg.errors.QueryCanceled):
+                log.warning("sync failed: a query ran past --sync-timeout and was cancelled")
+            elif isinstance(error, psycopg.Error):
+                log.warning("sync failed: database error: %s", str(error).strip())
+            else:
+                # A bug must not end the thread: the figures would silently freeze.
+                log.exception("sync failed: unexpected error")
+            self._listener.failed(time.monotonic() - started)
+            return False
+        log.info(
+            "sync: %s refresh, %d campaigns in %.3f s (snapshot %s; %d actions and %d "
+            "supporters changed, %d keys, %d campaigns recounted)",
+            report.kind,
+            len(snapshot.campaigns),
+            report.seconds,
+            snapshot.taken_at.isoformat(),
+            report.changed_actions,
+            report.changed_supporters,
+            report.keys,
+            report.recounted,
+        )
+        return True

@@ -52,6 +52,9 @@ def increment_from(request: stats_pb2.IncrementRequest) -> Increment:
         action_type=_text("action_type", request.action_type, 1, MAX_ACTION_TYPE_LENGTH),
         area=_text("area", area, 0, MAX_AREA_LENGTH) or None,
         new_supporter=request.new_supporter,
+        action_id=(
+            _positive_id("action_id", request.action_id) if request.HasField("action_id") else None
+        ),
     )
 
 

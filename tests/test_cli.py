@@ -151,6 +151,39 @@ def test_db_init_creates_the_tables_and_is_idempotent(
     assert tables == {"orgs", "campaigns", "action_pages", "supporters", "actions"}
 
 
+def test_db_init_creates_the_recommended_indexes_only_when_asked(
+    create_database: Callable[[], str],
+) -> None:
+    url = create_database()
+    query = "SELECT indexname FROM pg_indexes WHERE indexname LIKE '%updated_at%'"
+    done = run_cli("db", "init", "--database-url", url)
+    assert done.returncode == 0, done.stderr
+    with psycopg.connect(url) as conn:
+        assert conn.execute(query).fetchall() == []
+    for _ in range(2):
+        done = run_cli("db", "init", "--recommended-indexes", "--database-url", url)
+        assert done.returncode == 0, done.stderr
+    with psycopg.connect(url) as conn:
+        indexes = {row[0] for row in conn.execute("SELECT indexname FROM pg_indexes")}
+    assert {
+        "actions_updated_at_index",
+        "supporters_updated_at_index",
+        "actions_supporter_id_index",
+        "actions_campaign_id_index",
+    } <= indexes
+
+
+def test_increment_with_an_action_id_counts_once(server: StatsServer) -> None:
+    target = ("--target", f"127.0.0.1:{server.port}")
+    for _ in range(2):
+        done = run_cli(
+            "increment", "--campaign", "5", "--org", "1", "--type", "x", "--new-supporter",
+            "--action-id", "42", *target,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    assert server.store.get(5)[0].supporters == 1
+
+
 def test_increment_refused_by_the_server(server: StatsServer) -> None:
     done = run_cli(
         "increment", "--campaign", "0", "--org", "1", "--type", "x",
@@ -167,6 +200,9 @@ def test_increment_refused_by_the_server(server: StatsServer) -> None:
         (("serve", "--sync-interval", "-5", "--database-url", "x"), ("--sync-interval",)),
         (("serve", "--sync-interval", "soon", "--database-url", "x"), ("--sync-interval",)),
         (("serve", "--max-watchers", "-1", "--database-url", "x"), ("--max-watchers",)),
+        (("serve", "--slow-sync-interval", "-1", "--database-url", "x"), ("--slow-sync-interval",)),
+        (("serve", "--full-sync-interval", "1h", "--database-url", "x"), ("--full-sync-interval",)),
+        (("serve", "--change-overlap", "-2", "--database-url", "x"), ("--change-overlap",)),
         (("dump", "--database-url", "postgresql://127.0.0.1:1/nowhere"), ("127.0.0.1",)),
         (("dump", "--database-url", "not a url"), ("--database-url: not a PostgreSQL URL",)),
         (("db", "init", "--database-url", "postgresql://127.0.0.1:1/x"), ("127.0.0.1",)),
@@ -252,7 +288,7 @@ def test_json_logs_one_object_per_line_and_nothing_per_rpc(
     _, stderr = process.communicate()
     entries = [json.loads(line) for line in stderr.splitlines()]
     assert {"time", "level", "logger", "message"} <= set(entries[0])
-    assert any(e["message"].startswith("sync: 0 campaigns") for e in entries)
+    assert any(e["message"].startswith("sync: full refresh, 0 campaigns") for e in entries)
     assert not any("GetStats" in e["message"] for e in entries)
 
 

@@ -36,6 +36,8 @@ def counted_stub(
         ({"action_type": "sign\x00ature"}, "action_type", "must not contain NUL"),
         ({"area": "x" * 33}, "area", "must be 0..32 characters, got 33"),
         ({"area": "D\x00"}, "area", "must not contain NUL"),
+        ({"action_id": 0}, "action_id", "must be > 0, got 0"),
+        ({"action_id": -5}, "action_id", "must be > 0, got -5"),
     ],
 )
 def test_bad_increment_is_refused_and_changes_nothing(
@@ -76,6 +78,8 @@ def test_bad_get_stats_is_refused(
         {"area": "x" * 32},
         {"area": "ü" * 32},
         {"campaign_id": 2**63 - 1, "org_id": 2**63 - 1},
+        {"action_id": 1},
+        {"action_id": 2**63 - 1},
     ],
 )
 def test_limits_themselves_are_accepted(

@@ -33,6 +33,7 @@ class IncrementRequest(_message.Message):
     ACTION_TYPE_FIELD_NUMBER: _builtins.int
     AREA_FIELD_NUMBER: _builtins.int
     NEW_SUPPORTER_FIELD_NUMBER: _builtins.int
+    ACTION_ID_FIELD_NUMBER: _builtins.int
     campaign_id: _builtins.int
     """The campaign the action belongs to; > 0."""
     org_id: _builtins.int
@@ -47,6 +48,12 @@ class IncrementRequest(_message.Message):
     """True when the action created a new supporter (Proca's addActionContact),
     false when an existing supporter acted again (addAction).
     """
+    action_id: _builtins.int
+    """The id of the stored action (actions.id); > 0 when present. With it, the
+    Increment counts at most once (a retried call does not count twice) and
+    survives a recalculation that was running when it arrived; without it,
+    the next recalculation makes the figures exact.
+    """
     def __init__(
         self,
         *,
@@ -55,13 +62,19 @@ class IncrementRequest(_message.Message):
         action_type: _builtins.str = ...,
         area: _builtins.str | None = ...,
         new_supporter: _builtins.bool = ...,
+        action_id: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_area", b"_area", "area", b"area"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_action_id", b"_action_id", "_area", b"_area", "action_id", b"action_id", "area", b"area"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_area", b"_area", "action_type", b"action_type", "area", b"area", "campaign_id", b"campaign_id", "new_supporter", b"new_supporter", "org_id", b"org_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_action_id", b"_action_id", "_area", b"_area", "action_id", b"action_id", "action_type", b"action_type", "area", b"area", "campaign_id", b"campaign_id", "new_supporter", b"new_supporter", "org_id", b"org_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__action_id: _TypeAlias = _typing.Literal["action_id"]  # noqa: Y015
+    _WhichOneofArgType__action_id: _TypeAlias = _typing.Literal["_action_id", b"_action_id"]  # noqa: Y015
     _WhichOneofReturnType__area: _TypeAlias = _typing.Literal["area"]  # noqa: Y015
     _WhichOneofArgType__area: _TypeAlias = _typing.Literal["_area", b"_area"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__action_id) -> _WhichOneofReturnType__action_id | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__area) -> _WhichOneofReturnType__area | None: ...
 
 Global___IncrementRequest: _TypeAlias = IncrementRequest  # noqa: Y015

@@ -1,0 +1,466 @@
+"""The proca-stats benchmark: one command, every figure the README quotes.
+
+    python bench/run.py --database-url postgresql://postgres@127.0.0.1:5432/postgres
+
+It creates (or, with --reuse, reuses) a database of its own, ``proca_stats_bench``
+by default, fills it with a Proca-shaped data set built inside PostgreSQL
+(bench/dataset.sql), and prints:
+
+1. the full calculation against Proca 3.4's queries (bench/proca34.sql) and
+   against a bare scan of the join (bench/floor.sql), timed alternately in the
+   same run, with the ratios, after checking that the figures are identical;
+2. an incremental refresh after N changed actions, against a full calculation,
+   checking each result against a fresh full calculation;
+3. GetStats and Increment throughput and p50/p99 latency under h2load, with and
+   without a calculation running, against a bare grpcio server that answers the
+   same bytes doing nothing else;
+4. the server's peak memory with 100,000 campaigns loaded.
+
+It needs h2load (Debian: ``apt-get install nghttp2-client``) for part 3, and
+the ``proca-stats`` package installed (``pip install .``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from contextlib import contextmanager
+from pathlib import Path
+
+import grpc
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+from psycopg_pool import ConnectionPool
+
+from proca_stats.client.v1 import stats_pb2
+from proca_stats.server.calculation import calculate
+from proca_stats.server.config import DEFAULT_CHANGE_OVERLAP_MS, DEFAULT_SLOW_SYNC_INTERVAL_MS
+from proca_stats.server.counters import CampaignCounters
+from proca_stats.server.database import create_recommended_indexes, init_schema
+from proca_stats.server.refresh import Refresher
+
+HERE = Path(__file__).resolve().parent
+GET_STATS = "/proca.stats.v1.StatsService/GetStats"
+INCREMENT = "/proca.stats.v1.StatsService/Increment"
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+# --- the data set -------------------------------------------------------------------------
+
+
+def build(admin_url: str, name: str, supporters: int, actions: int, campaigns: int) -> str:
+    """A fresh database holding the data set; returns its URL."""
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = make_conninfo(admin_url, dbname=name)
+    init_schema(url)
+    script = (HERE / "dataset.sql").read_text()
+    values = {"supporters": supporters, "actions": actions, "campaigns": campaigns}
+    script = re.sub(r":(supporters|actions|campaigns)\b", lambda m: str(values[m[1]]), script)
+    started = time.monotonic()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(script.encode())
+        # As `proca-stats db init --recommended-indexes` would (README, "Recommended indexes").
+        create_recommended_indexes(url)
+        conn.execute("VACUUM ANALYZE")
+    say(f"  built in {time.monotonic() - started:.0f} s")
+    return url
+
+
+def describe(url: str) -> None:
+    with psycopg.connect(url) as conn:
+        for table in ("campaigns", "action_pages", "supporters", "actions"):
+            row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table)))
+            say(f"  {table:>13}: {row.fetchone()[0]:>9,}")  # type: ignore[index]
+        pairs = conn.execute((HERE / "floor.sql").read_text().encode()).fetchone()
+        say(f"  counted (action, supporter) pairs: {pairs[0]:,}")  # type: ignore[index]
+
+
+# --- 1. full calculation -----------------------------------------------------------------
+
+
+def proca34(url: str) -> dict[int, CampaignCounters]:
+    """Proca 3.4's queries, in one repeatable-read transaction, as figures."""
+    orgs_q, areas_q, extra_q, actions_q = (HERE / "proca34.sql").read_text().split("----")
+    totals: dict[int, int] = {}
+    orgs: dict[int, dict[int, int]] = {}
+    areas: dict[int, dict[str, int]] = {}
+    actions: dict[int, dict[str, int]] = {}
+    with psycopg.connect(url) as conn:
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        campaigns = [c for (c,) in conn.execute("SELECT id FROM campaigns")]
+        for query in (orgs_q, extra_q):
+            for campaign_id, org_id, count in conn.execute(query.encode()):
+                totals[campaign_id] = totals.get(campaign_id, 0) + int(count)
+                if org_id is not None:
+                    by_org = orgs.setdefault(campaign_id, {})
+                    by_org[org_id] = by_org.get(org_id, 0) + int(count)
+        for campaign_id, area, count in conn.execute(areas_q.encode()):
+            areas.setdefault(campaign_id, {})[area] = count
+        for campaign_id, action_type, count in conn.execute(actions_q.encode()):
+            actions.setdefault(campaign_id, {})[action_type] = count
+    return {
+        c: CampaignCounters(totals.get(c, 0), actions.get(c, {}), areas.get(c, {}), orgs.get(c, {}))
+        for c in campaigns
+    }
+
+
+def ours(url: str) -> dict[int, CampaignCounters]:
+    with psycopg.connect(url) as conn:
+        return calculate(conn).campaigns
+
+
+def floor(url: str) -> None:
+    with psycopg.connect(url) as conn:
+        conn.execute((HERE / "floor.sql").read_text().encode()).fetchall()
+
+
+def timed(run: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    run()
+    return time.perf_counter() - started
+
+
+def full_calculation(url: str, rounds: int) -> float:
+    say(f"\n1. Full calculation (alternating, median of {rounds} rounds)")
+    ours_figures, proca_figures = ours(url), proca34(url)  # warm-up, and the identity check
+    identical = ours_figures == proca_figures
+    say(
+        f"  figures identical to Proca 3.4's queries: {identical} ({len(ours_figures):,} campaigns)"
+    )
+    if not identical:
+        sys.exit("bench: the figures differ from Proca 3.4's: that is a bug")
+    times: dict[str, list[float]] = {"a": [], "b": [], "c": []}
+    for _ in range(rounds):
+        times["a"].append(timed(lambda: ours(url)))
+        times["b"].append(timed(lambda: proca34(url)))
+        times["c"].append(timed(lambda: floor(url)))
+    a, b, c = (statistics.median(times[k]) for k in "abc")
+    say(f"  (a) proca-stats full calculation: {a:7.3f} s   runs {_runs(times['a'])}")
+    say(f"  (b) Proca 3.4's queries:          {b:7.3f} s   runs {_runs(times['b'])}")
+    say(f"  (c) bare join scan (floor):       {c:7.3f} s   runs {_runs(times['c'])}")
+    say(f"  a/b = {a / b:.2f}  (goal <= 0.50)    a/c = {a / c:.2f}")
+    return a
+
+
+def _runs(values: list[float]) -> str:
+    return " ".join(f"{v:.2f}" for v in values)
+
+
+# --- 2. incremental refresh --------------------------------------------------------------
+
+
+def change_actions(url: str, n: int, rng: random.Random) -> None:
+    """Proca-style changes to n actions: half new actions, half status changes.
+
+    They are stamped an hour after the newest change, as if that much time had
+    passed since the last refresh (so earlier rounds fall out of the overlap).
+    """
+    with psycopg.connect(url, autocommit=True) as conn:
+        top, newest = conn.execute("SELECT max(id), max(updated_at) FROM actions").fetchone()  # type: ignore[misc]
+        inserts = n // 2
+        updates = n - inserts
+        ids = rng.sample(range(1, top + 1), min(updates, top))
+        conn.execute(
+            """UPDATE actions
+               SET processing_status = CASE processing_status WHEN 3 THEN 2 ELSE 3 END,
+                   updated_at = %s + interval '1 hour'
+               WHERE id = ANY(%s)""",
+            (newest, ids),
+        )
+        conn.execute(
+            """INSERT INTO actions (supporter_id, action_type, campaign_id, action_page_id,
+                                    processing_status, testing, inserted_at, updated_at)
+               SELECT s.id, 'signature', s.campaign_id, s.action_page_id, 3, false,
+                      %(at)s::timestamp + interval '1 hour',
+                      %(at)s::timestamp + interval '1 hour'
+               FROM supporters s WHERE s.id = ANY(%(who)s)""",
+            {"at": newest, "who": rng.sample(range(1, top // 2), min(inserts, top // 2 - 1))},
+        )
+
+
+def incremental(url: str, full_seconds: float, sizes: list[int]) -> None:
+    say("\n2. Incremental refresh after N changed actions (half new, half status changes)")
+    rng = random.Random(4)
+    with ConnectionPool(url, min_size=1, max_size=3) as pool:
+        # The server's defaults: closed and ignored campaigns wait for the slow refresh.
+        refresher = Refresher(
+            pool,
+            connect_timeout=10,
+            full_interval=0,
+            slow_interval=DEFAULT_SLOW_SYNC_INTERVAL_MS / 1000,
+            overlap=DEFAULT_CHANGE_OVERLAP_MS / 1000,
+        )
+        try:
+            refresher.run()
+            refresher.settle()
+            # One change, refreshed and not reported: moves the newest updated_at past the
+            # changes of an earlier run on a reused data set (they would be examined again).
+            change_actions(url, 1, rng)
+            refresher.run()
+            refresher.settle()
+            for n in sizes:
+                change_actions(url, n, rng)
+                started = time.perf_counter()
+                snapshot, report = refresher.run()
+                seconds = time.perf_counter() - started
+                refresher.settle()
+                # Closed and ignored campaigns wait for the slow refresh: compare the live ones.
+                exact = _live(url, snapshot.campaigns) == _live(url, ours(url))
+                say(
+                    f"  N = {n:>7,}: {seconds:7.3f} s = {seconds / full_seconds:6.1%} of a full"
+                    f" calculation ({report.keys:,} keys, {report.recounted} campaigns recounted;"
+                    f" equal to a full calculation: {exact})"
+                )
+                if not exact:
+                    sys.exit("bench: the incremental refresh differs from a full calculation")
+        finally:
+            refresher.close()
+
+
+def _live(url: str, figures: dict[int, CampaignCounters]) -> dict[int, CampaignCounters]:
+    with psycopg.connect(url) as conn:
+        live = {c for (c,) in conn.execute("SELECT id FROM campaigns WHERE status = 0")}
+    return {c: counters for c, counters in figures.items() if c in live}
+
+
+# --- 3. GetStats and Increment under load ------------------------------------------------
+
+
+def grpc_body(message: bytes) -> bytes:
+    """A gRPC length-prefixed message, as h2load sends it."""
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+@contextmanager
+def proca_stats_server(url: str, port: int, *extra: str) -> Iterator[subprocess.Popen[bytes]]:
+    """`proca-stats serve` in a process of its own, until its first calculation is done."""
+    command = [
+        sys.executable,
+        "-c",
+        "from proca_stats.server.cli import main; main()",
+        "--log-level",
+        "WARNING",
+        "serve",
+        "--database-url",
+        url,
+        "--listen",
+        f"127.0.0.1:{port}",
+        *extra,
+    ]
+    process = subprocess.Popen(command)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_unary(GET_STATS)
+            deadline = time.monotonic() + 300
+            while True:
+                try:
+                    call(stats_pb2.GetStatsRequest(campaign_id=1).SerializeToString(), timeout=5)
+                    break
+                except grpc.RpcError:
+                    if time.monotonic() > deadline or process.poll() is not None:
+                        raise
+                    time.sleep(0.2)
+        yield process
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+@contextmanager
+def bare_server(port: int, answer: bytes) -> Iterator[None]:
+    """A threaded grpcio server answering GetStats with fixed bytes: the framework's ceiling."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+
+    def handle(request: bytes, context: grpc.ServicerContext) -> bytes:
+        return answer
+
+    handler = grpc.method_handlers_generic_handler(
+        "proca.stats.v1.StatsService",
+        {"GetStats": grpc.unary_unary_rpc_method_handler(handle)},
+    )
+    server.add_generic_rpc_handlers((handler,))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    try:
+        yield
+    finally:
+        server.stop(0)
+
+
+def h2load(
+    port: int, path: str, body: bytes, seconds: int, clients: int, streams: int
+) -> tuple[float, float, float]:
+    """Requests per second, p50 and p99 latency (ms) of gRPC calls to ``path``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        data, log = Path(tmp) / "body", Path(tmp) / "log"
+        data.write_bytes(body)
+        done = subprocess.run(
+            [
+                "h2load",
+                "-D",
+                str(seconds),
+                "--warm-up-time",
+                "1",
+                "-c",
+                str(clients),
+                "-m",
+                str(streams),
+                "-t",
+                "1",
+                "-d",
+                str(data),
+                "--log-file",
+                str(log),
+                "-H",
+                "content-type: application/grpc",
+                "-H",
+                "te: trailers",
+                f"http://127.0.0.1:{port}{path}",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        latencies = sorted(
+            int(line.split("\t")[2]) / 1000
+            for line in log.read_text().splitlines()
+            if line.split("\t")[1] == "200"
+        )
+    match = re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", done.stdout)
+    failed = re.search(r"(\d+) failed", done.stdout)
+    if not match or not latencies or (failed and int(failed[1])):
+        sys.exit("bench: h2load failed:\n" + done.stdout + done.stderr)
+    p50 = latencies[len(latencies) // 2]
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+    return float(match[1]), p50, p99
+
+
+def load(url: str, seconds: int, clients: int, streams: int) -> None:
+    say(f"\n3. Load: h2load, {clients} connections x {streams} streams, {seconds} s per run")
+    if shutil.which("h2load") is None:
+        say("  skipped: h2load not found (Debian: apt-get install nghttp2-client)")
+        return
+    get = grpc_body(stats_pb2.GetStatsRequest(campaign_id=1).SerializeToString())
+    inc = grpc_body(
+        stats_pb2.IncrementRequest(
+            campaign_id=1, org_id=1, action_type="signature", area="DE", new_supporter=True
+        ).SerializeToString()
+    )
+    port = 50151
+    results: dict[str, tuple[float, float, float]] = {}
+    with proca_stats_server(url, port, "--sync-interval", "0"):
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            answer = channel.unary_unary(GET_STATS)(get[5:], timeout=5)
+        results["GetStats, no calculation"] = h2load(
+            port, GET_STATS, get, seconds, clients, streams
+        )
+        results["Increment, no calculation"] = h2load(
+            port, INCREMENT, inc, seconds, clients, streams
+        )
+    # Back-to-back full calculations: one always runs.
+    with proca_stats_server(url, port + 1, "--sync-interval", "1", "--full-sync-interval", "1"):
+        results["GetStats, calculation running"] = h2load(
+            port + 1, GET_STATS, get, seconds, clients, streams
+        )
+        results["Increment, calculation running"] = h2load(
+            port + 1, INCREMENT, inc, seconds, clients, streams
+        )
+    with bare_server(port + 2, answer):
+        results["GetStats, bare grpcio server"] = h2load(
+            port + 2, GET_STATS, get, seconds, clients, streams
+        )
+    for name, (rps, p50, p99) in results.items():
+        say(f"  {name:<32} {rps:9,.0f} req/s   p50 {p50:6.2f} ms   p99 {p99:6.2f} ms")
+    quiet, busy, bare = (
+        results[f"GetStats, {k}"]
+        for k in ("no calculation", "calculation running", "bare grpcio server")
+    )
+    say(f"  GetStats p99 during/without a calculation: {busy[2] / quiet[2]:.2f} (goal <= 2)")
+    say(f"  GetStats throughput vs the bare grpcio server: {quiet[0] / bare[0]:.0%} (goal >= 90%)")
+
+
+# --- 4. memory ---------------------------------------------------------------------------
+
+
+def memory(admin_url: str, name: str) -> None:
+    say("\n4. Peak memory of the server with 100,000 campaigns")
+    url = build(admin_url, name, supporters=300_000, actions=450_000, campaigns=100_000)
+    port = 50161
+    with proca_stats_server(url, port, "--sync-interval", "0") as process:
+        status = Path(f"/proc/{process.pid}/status").read_text()
+        peak = re.search(r"VmHWM:\s+(\d+) kB", status)
+        rss = re.search(r"VmRSS:\s+(\d+) kB", status)
+    assert peak is not None
+    assert rss is not None
+    say(
+        f"  peak RSS {int(peak[1]) / 1024:.0f} MiB,"
+        f" RSS after the first calculation {int(rss[1]) / 1024:.0f} MiB"
+    )
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
+        help="an administrative URL: the benchmark creates its own databases there",
+    )
+    parser.add_argument("--name", default="proca_stats_bench", help="the benchmark database")
+    parser.add_argument("--supporters", type=int, default=1_000_000)
+    parser.add_argument("--actions", type=int, default=1_500_000)
+    parser.add_argument("--campaigns", type=int, default=500)
+    parser.add_argument("--reuse", action="store_true", help="keep the data set of an earlier run")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--load-seconds", type=int, default=10)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--streams", type=int, default=8)
+    parser.add_argument(
+        "--skip", action="append", default=[], choices=["full", "incremental", "load", "memory"]
+    )
+    args = parser.parse_args()
+    say(f"proca-stats benchmark on {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}")
+    if args.reuse:
+        url = make_conninfo(args.database_url, dbname=args.name)
+    else:
+        say(
+            f"Building the data set in {args.name} ({args.supporters:,} supporters,"
+            f" {args.actions:,} actions, {args.campaigns} campaigns)"
+        )
+        url = build(args.database_url, args.name, args.supporters, args.actions, args.campaigns)
+    describe(url)
+    full_seconds = (
+        full_calculation(url, args.rounds) if "full" not in args.skip else timed(lambda: ours(url))
+    )
+    if "incremental" not in args.skip:
+        incremental(url, full_seconds, [1, 1_000, 100_000])
+    if "load" not in args.skip:
+        load(url, args.load_seconds, args.clients, args.streams)
+    if "memory" not in args.skip:
+        memory(args.database_url, args.name + "_memory")
+    say(f"\nload average at the end: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,369 @@
+"""Incremental refresh: after a full calculation, recount only what changed, exactly.
+
+How it stays exact. Every result describes one database snapshot, and that
+snapshot is kept (``pg_export_snapshot`` in a transaction that stays open and
+reads no table) until the next refresh: the *held* snapshot, L. A refresh
+takes a new one (N) and:
+
+1. finds the actions and supporters changed since L: those whose
+   ``updated_at`` is at or after the newest ``updated_at`` L held, less an
+   overlap (``overlap``) for transactions that committed late;
+2. turns them into keys (campaign, fingerprint) — in L *and* in N, so a row
+   whose campaign, supporter or fingerprint changed is seen on both sides;
+3. asks both snapshots where each key's supporter is credited (first org,
+   first area, or not counted) and how the changed actions count, and applies
+   the difference. The same question asked of the same two snapshots always
+   gets the same answer, so a row seen twice (overlap) changes nothing twice;
+4. recounts whole campaigns when a change cannot be expressed per key:
+   a page that changed org or campaign, a campaign that became live or is new.
+
+Only live campaigns (status 0) are refreshed every time. A closed or ignored
+campaign with changes is marked and recounted whole at ``slow_interval``.
+Action pages and campaigns are small tables, read whole each time (extra
+supporters are recomputed from them).
+
+What it relies on: Proca sets ``updated_at`` on every insert and update of
+actions and supporters. Deleted rows leave no trace, and neither does a
+change that does not touch ``updated_at``: a full calculation runs every
+``full_interval`` as the safety net, and whenever the held snapshot is lost.
+The keeping transaction is read-only and holds no lock; it keeps PostgreSQL
+from vacuuming rows deleted since it started, for one refresh interval (an
+``idle_in_transaction_session_timeout`` shorter than that interval ends it,
+and the next refresh is then a full calculation).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Collection
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import psycopg
+from psycopg.rows import TupleRow
+from psycopg_pool import ConnectionPool
+
+from .calculation import (
+    CAMPAIGNS,
+    LATEST_CHANGES,
+    Key,
+    Page,
+    campaign_figures,
+    extra_supporters,
+    full_tallies,
+    keep_snapshot,
+    key_credits,
+    read_in,
+    read_pages,
+)
+from .counters import CampaignCounters, Snapshot
+from .tally import CampaignTally
+
+log = logging.getLogger(__name__)
+
+Cursor = psycopg.Cursor[TupleRow]
+
+LIVE = 0  # campaigns.status
+
+CHANGED_ACTIONS = "SELECT id, updated_at FROM actions WHERE updated_at >= %s"
+CHANGED_SUPPORTERS = "SELECT id, updated_at FROM supporters WHERE updated_at >= %s"
+# The keys the given rows take part in (in the snapshot asked).
+KEYS_OF = """
+    SELECT a.campaign_id, s.fingerprint
+    FROM actions a JOIN supporters s ON s.id = a.supporter_id
+    WHERE a.id = ANY(%(actions)s) AND s.fingerprint IS NOT NULL
+    UNION
+    SELECT a.campaign_id, s.fingerprint
+    FROM supporters s JOIN actions a ON a.supporter_id = s.id
+    WHERE s.id = ANY(%(supporters)s) AND s.fingerprint IS NOT NULL
+"""
+# How the given actions count (counted = accepted and not testing).
+ACTIONS_OF = """
+    SELECT campaign_id, action_type, processing_status IN (3, 4) AND NOT testing, count(*)
+    FROM actions WHERE id = ANY(%s)
+    GROUP BY 1, 2, 3
+"""
+SEEN = "SELECT id FROM actions WHERE id = ANY(%s)"
+
+
+@dataclass(frozen=True)
+class RefreshReport:
+    """What one refresh did, for the log and the benchmark."""
+
+    kind: str  # "full" or "incremental"
+    changed_actions: int = 0
+    changed_supporters: int = 0
+    keys: int = 0
+    recounted: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class _State:
+    """The figures as of one kept snapshot, in their parts."""
+
+    keeper: psycopg.Connection[TupleRow]  # its open transaction keeps the snapshot
+    snapshot_id: str
+    tallies: dict[int, CampaignTally]
+    figures: dict[int, CampaignCounters]
+    statuses: dict[int, int]
+    pages: dict[int, Page]
+    actions_mark: datetime | None  # newest actions.updated_at in the snapshot
+    supporters_mark: datetime | None
+
+
+class Refresher:
+    """Produces snapshots, incrementally when it can; owns the kept snapshots.
+
+    Use: ``run()`` computes a new snapshot and keeps it, so that the handover
+    can look action ids up in it (``seen``); then ``settle()`` makes it the
+    held snapshot the next run compares with, or ``abandon()`` drops
+    everything after an error (the next run is then a full calculation).
+
+    A snapshot is kept by a transaction that reads no table (so it holds no
+    lock that could stall Proca's migrations); the queries run in short
+    transactions on another connection that import it by id.
+    """
+
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        *,
+        connect_timeout: float,
+        full_interval: float,
+        slow_interval: float,
+        overlap: float,
+        timeout: float = 0.0,
+    ) -> None:
+        """Times in seconds; ``full_interval`` 0 means never after the first; ``timeout``
+        cancels a query that runs longer (0: never)."""
+        self._pool = pool
+        self._connect_timeout = connect_timeout
+        self._timeout_ms = round(timeout * 1000)
+        self._full_interval = full_interval
+        self._slow_interval = slow_interval
+        self._overlap = timedelta(seconds=overlap)
+        self._state: _State | None = None  # the held snapshot's figures
+        self._next: _State | None = None  # the last run's, until settled
+        self._work: psycopg.Connection[TupleRow] | None = None  # reads in kept snapshots
+        self._last_full = 0.0
+        self._last_slow = 0.0
+        self._stale: set[int] = set()  # closed or ignored campaigns with changes not counted
+
+    def run(
+        self, *, full: bool = False, increments_before: int = 0
+    ) -> tuple[Snapshot, RefreshReport]:
+        """Compute a new snapshot: full when asked, due or without a held snapshot."""
+        started = time.monotonic()
+        due = self._full_interval and started - self._last_full >= self._full_interval
+        keeper = self._pool.getconn(timeout=self._connect_timeout)
+        try:
+            if self._work is None:
+                self._work = self._pool.getconn(timeout=self._connect_timeout)
+            taken_at, snapshot_id = keep_snapshot(keeper)
+            if full or due or self._state is None:
+                state, report = self._full(keeper, snapshot_id)
+            else:
+                state, report = self._incremental(keeper, snapshot_id, self._state, started)
+        except BaseException:
+            self._release(keeper)
+            raise
+        self._next = state
+        snapshot = Snapshot(dict(state.figures), taken_at, increments_before)
+        return snapshot, RefreshReport(
+            report.kind,
+            report.changed_actions,
+            report.changed_supporters,
+            report.keys,
+            report.recounted,
+            time.monotonic() - started,
+        )
+
+    def seen(self, action_ids: Collection[int]) -> set[int]:
+        """Which of these action ids the snapshot of the last ``run()`` sees."""
+        assert self._next is not None
+        with self._reading(self._next.snapshot_id) as cur:
+            return {row[0] for row in cur.execute(SEEN, (list(action_ids),))}
+
+    def settle(self) -> None:
+        """Hold the last run's snapshot for the next run; release the one held before."""
+        assert self._next is not None
+        if self._state is not None:
+            self._release(self._state.keeper)
+        self._state, self._next = self._next, None
+
+    def abandon(self) -> None:
+        """After an error: release every connection; the next run is a full calculation."""
+        for state in (self._next, self._state):
+            if state is not None:
+                self._release(state.keeper)
+        if self._work is not None:
+            self._release(self._work)
+        self._state = self._next = self._work = None
+        self._stale.clear()
+
+    close = abandon
+
+    def _reading(self, snapshot_id: str) -> AbstractContextManager[Cursor]:
+        assert self._work is not None
+        return read_in(self._work, snapshot_id, self._timeout_ms)
+
+    def _release(self, conn: psycopg.Connection[TupleRow]) -> None:
+        try:
+            if not conn.closed:
+                conn.rollback()
+        except psycopg.Error:
+            pass  # a broken connection: the pool discards it
+        self._pool.putconn(conn)
+
+    def _full(
+        self, keeper: psycopg.Connection[TupleRow], snapshot_id: str
+    ) -> tuple[_State, RefreshReport]:
+        with self._reading(snapshot_id) as cur:
+            tallies, statuses, pages = full_tallies(cur)
+            actions_mark, supporters_mark = next(cur.execute(LATEST_CHANGES))
+        self._last_full = self._last_slow = time.monotonic()
+        self._stale.clear()
+        figures = {cid: t.counters() for cid, t in tallies.items()}
+        state = _State(
+            keeper, snapshot_id, tallies, figures, statuses, pages, actions_mark, supporters_mark
+        )
+        return state, RefreshReport("full", recounted=len(tallies))
+
+    def _incremental(
+        self,
+        keeper: psycopg.Connection[TupleRow],
+        snapshot_id: str,
+        old: _State,
+        started: float,
+    ) -> tuple[_State, RefreshReport]:
+        with self._reading(snapshot_id) as cur:
+            statuses: dict[int, int] = dict(cur.execute(CAMPAIGNS).fetchall())
+            pages = read_pages(cur)
+            actions, actions_mark = _changed(cur, CHANGED_ACTIONS, old.actions_mark, self._overlap)
+            supporters, supporters_mark = _changed(
+                cur, CHANGED_SUPPORTERS, old.supporters_mark, self._overlap
+            )
+            params = {"actions": actions, "supporters": supporters}
+            new_keys = _keys(cur, params) if actions or supporters else set()
+            new_actions = cur.execute(ACTIONS_OF, (actions,)).fetchall() if actions else []
+
+        # Campaigns recounted whole: new, just live again, or whose pages moved.
+        recount = {c for c, s in statuses.items() if s == LIVE and old.statuses.get(c) != LIVE}
+        for page_id in old.pages.keys() | pages.keys():
+            page_was, page_now = old.pages.get(page_id), pages.get(page_id)
+            if page_was is None or page_now is None or page_was[:2] != page_now[:2]:
+                recount.update(p[0] for p in (page_was, page_now) if p is not None)
+        slow_due = self._slow_interval == 0 or started - self._last_slow >= self._slow_interval
+
+        def by_delta(campaign_id: int) -> bool:
+            """Whether the campaign's figures change by delta now (else recounted or later)."""
+            return (
+                campaign_id not in recount
+                and campaign_id in statuses
+                and old.statuses.get(campaign_id) == LIVE
+            )
+
+        with self._reading(old.snapshot_id) as cur:
+            keys = new_keys | (_keys(cur, params) if actions or supporters else set())
+            old_actions = cur.execute(ACTIONS_OF, (actions,)).fetchall() if actions else []
+            # Closed and ignored campaigns with changes wait for the slow refresh.
+            affected = {k[0] for k in keys} | {row[0] for row in (*old_actions, *new_actions)}
+            self._stale |= {c for c in affected if c not in recount and c in statuses}
+            self._stale -= {c for c in affected if by_delta(c)}
+            if slow_due:
+                recount |= self._stale
+                self._stale = set()
+                self._last_slow = started
+            recount &= statuses.keys()
+            self._stale -= recount
+            keys = {k for k in keys if by_delta(k[0])}
+            before = key_credits(cur, keys)
+        with self._reading(snapshot_id) as cur:
+            after = key_credits(cur, keys)
+            recounted = campaign_figures(cur, sorted(recount)) if recount else {}
+
+        tallies = dict(old.tallies)
+        touched: set[int] = set()
+
+        def tally(campaign_id: int) -> CampaignTally:
+            """The campaign's tally to change by delta, copied on first write."""
+            if campaign_id not in touched:
+                touched.add(campaign_id)
+                tallies[campaign_id] = _copy(tallies.get(campaign_id) or CampaignTally())
+            return tallies[campaign_id]
+
+        for key in keys:
+            was, now = before.get(key), after.get(key)
+            if was != now:
+                if was is not None:
+                    tally(key[0]).credit(was, -1)
+                if now is not None:
+                    tally(key[0]).credit(now, 1)
+        for rows, sign in ((old_actions, -1), (new_actions, 1)):
+            for campaign_id, action_type, counts, n in rows:
+                if counts and by_delta(campaign_id):
+                    tally(campaign_id).count_actions(action_type, sign * n)
+
+        for campaign_id in recount:
+            tallies[campaign_id] = recounted.get(campaign_id) or CampaignTally()
+        for campaign_id in tallies.keys() - statuses.keys():  # deleted campaigns
+            del tallies[campaign_id]
+        for campaign_id in statuses.keys() - tallies.keys():
+            tallies[campaign_id] = CampaignTally()
+
+        # Extra supporters, from the pages read whole.
+        extra = extra_supporters(pages.values())
+        old_extra = extra_supporters(old.pages.values())
+        changed = touched | recount
+        for campaign_id in extra.keys() | old_extra.keys():
+            if extra.get(campaign_id) != old_extra.get(campaign_id):
+                changed.add(campaign_id)
+        figures = dict(old.figures)
+        for campaign_id in old.figures.keys() - tallies.keys():
+            del figures[campaign_id]
+        for campaign_id in changed | (tallies.keys() - figures.keys()):
+            if campaign_id in tallies:
+                if campaign_id not in touched and campaign_id not in recount:
+                    tallies[campaign_id] = _copy(tallies[campaign_id])
+                tallies[campaign_id].extra = extra.get(campaign_id, {})
+                figures[campaign_id] = tallies[campaign_id].counters()
+        state = _State(
+            keeper, snapshot_id, tallies, figures, statuses, pages, actions_mark, supporters_mark
+        )
+        report = RefreshReport(
+            "incremental", len(actions), len(supporters), len(keys), len(recount)
+        )
+        return state, report
+
+
+def _changed(
+    cur: psycopg.Cursor[TupleRow], query: str, mark: datetime | None, overlap: timedelta
+) -> tuple[list[int], datetime | None]:
+    """Ids of rows changed at or after ``mark`` less ``overlap``, and the new mark."""
+    # Without a mark the table was empty: everything in it is new.
+    since = datetime.min if mark is None else mark - overlap
+    ids: list[int] = []
+    newest = mark
+    for row_id, updated_at in cur.execute(query, (since,)):
+        ids.append(row_id)
+        if newest is None or updated_at > newest:
+            newest = updated_at
+    return ids, newest
+
+
+def _keys(cur: psycopg.Cursor[TupleRow], params: dict[str, list[int]]) -> set[Key]:
+    return {(c, bytes(f)) for c, f in cur.execute(KEYS_OF, params)}
+
+
+def _copy(tally: CampaignTally) -> CampaignTally:
+    """A tally to change without touching the one the held snapshot's figures came from."""
+    return CampaignTally(
+        tally.supporters,
+        dict(tally.by_org),
+        dict(tally.by_area),
+        dict(tally.actions),
+        dict(tally.extra),
+    )

@@ -1,0 +1,160 @@
+"""Increments with an action id (part of SPEC §3): counted once, never lost at a swap.
+
+The races are real: a calculation on the test's database is held up by a lock
+another transaction keeps on ``actions``, Increments arrive while it waits, and
+the lock is released by the test. No sleeps: the test waits for PostgreSQL to
+report the calculation as waiting for the lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
+
+import psycopg
+import pytest
+from psycopg_pool import ConnectionPool
+
+from proca_stats.client import StatsClient
+from proca_stats.server.app import StatsServer
+from proca_stats.server.counters import CampaignCounters, Increment
+from proca_stats.server.handover import swap_in
+from proca_stats.server.refresh import Refresher
+from proca_stats.server.store import StatsStore
+from tests.conftest import resync, wait_for
+from tests.proca_data import ProcaData
+
+
+def figures(client: StatsClient, campaign_id: int) -> tuple[int, dict[str, int], dict[int, int]]:
+    stats = client.get_stats(campaign_id)
+    return stats.supporters, dict(stats.actions_by_type), dict(stats.supporters_by_org)
+
+
+def waiting_for_actions(conn: psycopg.Connection) -> bool:
+    """Whether some session waits for a lock on the actions table."""
+    row = conn.execute(
+        "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'actions'::regclass"
+    ).fetchone()
+    return bool(row and row[0])
+
+
+@contextmanager
+def actions_locked(database_url: str) -> Iterator[psycopg.Connection]:
+    """A transaction holding ``actions`` exclusively; rows it inserts commit on release."""
+    with psycopg.connect(database_url) as conn:
+        conn.execute("LOCK TABLE actions IN ACCESS EXCLUSIVE MODE")
+        yield conn
+        conn.commit()
+
+
+@pytest.fixture
+def world(db: ProcaData) -> tuple[int, int, int]:
+    """An org, its live campaign and a page."""
+    org = db.org()
+    campaign = db.campaign(org)
+    return org, campaign, db.page(campaign, org)
+
+
+def test_a_retried_increment_counts_once(client: StatsClient) -> None:
+    for _ in range(3):
+        client.increment(1, 2, "signature", area="DE", new_supporter=True, action_id=77)
+    client.increment(1, 2, "signature", new_supporter=False, action_id=78)
+    assert figures(client, 1) == (1, {"signature": 2}, {2: 1})
+
+
+def test_an_increment_without_action_id_counts_every_time(client: StatsClient) -> None:
+    for _ in range(2):
+        client.increment(1, 2, "signature", new_supporter=True)
+    assert figures(client, 1) == (2, {"signature": 2}, {2: 2})
+
+
+@pytest.mark.parametrize("full", [True, False], ids=["full", "incremental"])
+def test_increments_racing_a_calculation_are_neither_lost_nor_doubled(
+    db: ProcaData,
+    world: tuple[int, int, int],
+    start_server: Callable[..., StatsServer],
+    database_url: str,
+    full: bool,
+) -> None:
+    org, campaign, page = world
+    seen_before = db.person(campaign, page, b"alice")  # stored before the calculation
+    server = start_server(database_url)
+    wait_for(lambda: server.store.synced_at, what="the first calculation")
+    early = db.person(campaign, page, b"bob")  # committed before the next snapshot is taken
+    with StatsClient(f"127.0.0.1:{server.port}") as client, db.conn.cursor() as watch:
+        before = server.store.synced_at
+        with actions_locked(database_url) as locked:
+            # Stored by a transaction that commits only after the snapshot is taken.
+            supporter = ProcaData(locked).supporter(campaign, page, b"carol")
+            late = ProcaData(locked).action(campaign, page, supporter)
+            server.sync.request(full=full)
+            wait_for(lambda: waiting_for_actions(watch.connection), what="a blocked calculation")
+            # The calculation has taken its snapshot and waits. Increments arrive:
+            client.increment(campaign, org, "signature", new_supporter=True, action_id=early)
+            client.increment(campaign, org, "signature", new_supporter=True, action_id=late)
+            client.increment(campaign, org, "signature", new_supporter=True, action_id=late)
+            client.increment(campaign, org, "signature", new_supporter=True)  # no id: as Proca
+            # In memory now: the old figures (alice) plus four Increments, the retry refused.
+            assert figures(client, campaign) == (4, {"signature": 4}, {org: 4})
+        wait_for(lambda: server.store.synced_at != before, what="the swap")
+        # The snapshot saw alice and bob (bob's Increment is not counted again), not carol:
+        # carol's Increment is re-applied; the one without an id is replaced by the snapshot.
+        assert figures(client, campaign) == (3, {"signature": 3}, {org: 3})
+        # A retry after the swap still counts once.
+        client.increment(campaign, org, "signature", new_supporter=True, action_id=late)
+        assert figures(client, campaign) == (3, {"signature": 3}, {org: 3})
+        resync(server)  # sees carol: the database alone gives the figures, nothing doubled
+        assert figures(client, campaign) == (3, {"signature": 3}, {org: 3})
+    assert seen_before < early < late
+
+
+def test_an_increment_whose_action_never_reaches_the_database_is_forgotten(
+    world: tuple[int, int, int], server: StatsServer, client: StatsClient
+) -> None:
+    org, campaign, _ = world
+    client.increment(campaign, org, "signature", new_supporter=True, action_id=10_000)
+    assert figures(client, campaign) == (1, {"signature": 1}, {org: 1})
+    resync(server)  # taken after the Increment, and the action is not there
+    assert figures(client, campaign) == (0, {}, {})
+    assert server.store.remembered() == 0
+
+
+def test_increments_arriving_between_the_look_up_and_the_swap_are_applied(
+    db: ProcaData, world: tuple[int, int, int], database_url: str
+) -> None:
+    """The store refuses a swap prepared before the latest arrival; the newcomer is handled."""
+    org, campaign, page = world
+    store = StatsStore()
+    pool = ConnectionPool(database_url, min_size=1, max_size=3, open=True)
+    refresher = Refresher(pool, connect_timeout=5, full_interval=0, slow_interval=0, overlap=60)
+    try:
+        snapshot, _ = refresher.run(increments_before=store.arrivals())
+        swap_in(store, snapshot, refresher.seen)
+        refresher.settle()
+        snapshot, _ = refresher.run(increments_before=store.arrivals())
+        stored = db.person(campaign, page, b"dave")  # committed after the snapshot was taken
+        missing = stored + 1_000  # an action the database does not have
+        store.increment(Increment(campaign, org, "signature", None, True, action_id=missing))
+        calls: list[Collection[int]] = []
+
+        def seen_then_arrival(ids: Collection[int]) -> set[int]:
+            """The real look-up; an Increment arrives right after the first one."""
+            calls.append(list(ids))
+            if len(calls) == 1:
+                store.increment(Increment(campaign, org, "signature", None, True, stored))
+            return refresher.seen(ids)
+
+        assert swap_in(store, snapshot, seen_then_arrival) == 2
+        refresher.settle()
+        assert calls == [[missing], [stored]]
+        # The snapshot (taken before dave was stored) had nothing; both are re-applied.
+        assert store.get(campaign)[0] == CampaignCounters(2, {"signature": 2}, {}, {org: 2})
+        snapshot, _ = refresher.run(increments_before=store.arrivals())
+        assert swap_in(store, snapshot, refresher.seen) == 0
+        refresher.settle()
+        # Dave is in the database now; the missing action never was: forgotten.
+        assert store.get(campaign)[0] == CampaignCounters(1, {"signature": 1}, {}, {org: 1})
+        assert store.remembered() == 1  # dave's id, kept one generation against retries
+    finally:
+        refresher.close()
+        pool.close()
