@@ -353,8 +353,11 @@ def h2load(
     return float(match[1]), p50, p99
 
 
-def load(url: str, seconds: int, clients: int, streams: int) -> None:
-    say(f"\n3. Load: h2load, {clients} connections x {streams} streams, {seconds} s per run")
+def load(url: str, seconds: int, clients: int, streams: int, rounds: int) -> None:
+    say(
+        f"\n3. Load: h2load, {clients} connections x {streams} streams, {seconds} s per run,"
+        f" {rounds} alternating rounds (medians)"
+    )
     if shutil.which("h2load") is None:
         say("  skipped: h2load not found (Debian: apt-get install nghttp2-client)")
         return
@@ -365,35 +368,39 @@ def load(url: str, seconds: int, clients: int, streams: int) -> None:
         ).SerializeToString()
     )
     port = 50151
-    results: dict[str, tuple[float, float, float]] = {}
-    with proca_stats_server(url, port, "--sync-interval", "0"):
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            answer = channel.unary_unary(GET_STATS)(get[5:], timeout=5)
-        results["GetStats, no calculation"] = h2load(
-            port, GET_STATS, get, seconds, clients, streams
-        )
-        results["Increment, no calculation"] = h2load(
-            port, INCREMENT, inc, seconds, clients, streams
-        )
-    # Back-to-back full calculations: one always runs.
-    with proca_stats_server(url, port + 1, "--sync-interval", "1", "--full-sync-interval", "1"):
-        results["GetStats, calculation running"] = h2load(
-            port + 1, GET_STATS, get, seconds, clients, streams
-        )
-        results["Increment, calculation running"] = h2load(
-            port + 1, INCREMENT, inc, seconds, clients, streams
-        )
-    with bare_server(port + 2, answer):
-        results["GetStats, bare grpcio server"] = h2load(
-            port + 2, GET_STATS, get, seconds, clients, streams
-        )
+    runs: dict[str, list[tuple[float, float, float]]] = {}
+
+    def measure(name: str, port: int, path: str, body: bytes) -> None:
+        runs.setdefault(name, []).append(h2load(port, path, body, seconds, clients, streams))
+
+    for _ in range(rounds):
+        with proca_stats_server(url, port, "--sync-interval", "0"):
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                answer = channel.unary_unary(GET_STATS)(get[5:], timeout=5)
+            measure("GetStats, no calculation", port, GET_STATS, get)
+            measure("Increment, no calculation", port, INCREMENT, inc)
+        # Back-to-back full calculations: one always runs.
+        busy = ("--sync-interval", "1", "--full-sync-interval", "1")
+        with proca_stats_server(url, port + 1, *busy):
+            measure("GetStats, calculation running", port + 1, GET_STATS, get)
+            measure("Increment, calculation running", port + 1, INCREMENT, inc)
+        with bare_server(port + 2, answer):
+            measure("GetStats, bare grpcio server", port + 2, GET_STATS, get)
+    results = {
+        name: tuple(statistics.median(run[i] for run in measured) for i in range(3))
+        for name, measured in runs.items()
+    }
     for name, (rps, p50, p99) in results.items():
-        say(f"  {name:<32} {rps:9,.0f} req/s   p50 {p50:6.2f} ms   p99 {p99:6.2f} ms")
-    quiet, busy, bare = (
+        each = " ".join(f"{run[0]:,.0f}" for run in runs[name])
+        say(
+            f"  {name:<32} {rps:9,.0f} req/s   p50 {p50:6.2f} ms   p99 {p99:6.2f} ms"
+            f"   (req/s of each round: {each})"
+        )
+    quiet, busy_, bare = (
         results[f"GetStats, {k}"]
         for k in ("no calculation", "calculation running", "bare grpcio server")
     )
-    say(f"  GetStats p99 during/without a calculation: {busy[2] / quiet[2]:.2f} (goal <= 2)")
+    say(f"  GetStats p99 during/without a calculation: {busy_[2] / quiet[2]:.2f} (goal <= 2)")
     say(f"  GetStats throughput vs the bare grpcio server: {quiet[0] / bare[0]:.0%} (goal >= 90%)")
 
 
@@ -433,7 +440,7 @@ def main() -> None:
     parser.add_argument("--campaigns", type=int, default=500)
     parser.add_argument("--reuse", action="store_true", help="keep the data set of an earlier run")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--load-seconds", type=int, default=10)
+    parser.add_argument("--load-seconds", type=int, default=5)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--streams", type=int, default=8)
     parser.add_argument(
@@ -456,7 +463,7 @@ def main() -> None:
     if "incremental" not in args.skip:
         incremental(url, full_seconds, [1, 1_000, 100_000])
     if "load" not in args.skip:
-        load(url, args.load_seconds, args.clients, args.streams)
+        load(url, args.load_seconds, args.clients, args.streams, args.rounds)
     if "memory" not in args.skip:
         memory(args.database_url, args.name + "_memory")
     say(f"\nload average at the end: {os.getloadavg()[0]:.2f}")
