@@ -161,7 +161,7 @@ class Refresher:
                 self._work = self._pool.getconn(timeout=self._connect_timeout)
             taken_at, snapshot_id = keep_snapshot(keeper)
             if full or due or self._state is None:
-                state, report = self._full(keeper, snapshot_id)
+                state, report = self._full(keeper, snapshot_id, started)
             else:
                 state, report = self._incremental(keeper, snapshot_id, self._state, started)
         except BaseException:
@@ -216,12 +216,12 @@ class Refresher:
         self._pool.putconn(conn)
 
     def _full(
-        self, keeper: psycopg.Connection[TupleRow], snapshot_id: str
+        self, keeper: psycopg.Connection[TupleRow], snapshot_id: str, started: float
     ) -> tuple[_State, RefreshReport]:
         with self._reading(snapshot_id) as cur:
             tallies, statuses, pages = full_tallies(cur)
             actions_mark, supporters_mark = next(cur.execute(LATEST_CHANGES))
-        self._last_full = self._last_slow = time.monotonic()
+        self._last_full = self._last_slow = started  # intervals run from start to start
         self._stale.clear()
         figures = {cid: t.counters() for cid, t in tallies.items()}
         state = _State(

@@ -79,11 +79,11 @@ def test_deletes_are_left_to_the_safety_net(
     page = db.page(campaign, org)
     gone = db.person(campaign, page, b"dave")
     db.person(campaign, page, b"erin")
-    refresher = Refresher(pool, connect_timeout=5, full_interval=0.001, slow_interval=0, overlap=0)
+    refresher = Refresher(pool, connect_timeout=5, full_interval=1e-6, slow_interval=0, overlap=0)
     try:
         before, _ = refresh(refresher)
         db.conn.execute("DELETE FROM actions WHERE id = %s", (gone,))
-        # The interval (1 ms) has passed by the next refresh: it is a full calculation.
+        # The interval (1 µs) has passed by the next refresh: it is a full calculation.
         after, kind = refresh(refresher)
         assert kind == "full"
         assert after == full(database_url) != before
