@@ -10,7 +10,6 @@ and re-applying Increments on top of a new snapshot happen outside it
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -119,23 +118,10 @@ class StatsStore:
             self._log = []
             return True
 
-    def replace(self, campaigns: dict[int, CampaignCounters], taken_at: datetime) -> None:
-        """Swap in figures unconditionally, forgetting every remembered Increment."""
-        with self._lock:
-            self._campaigns = campaigns
-            self._synced_at = taken_at
-            self._known = set()
-            self._carried = []
-            self._log = []
-
     def remembered(self) -> int:
         """How many action ids the store remembers (for tests and the benchmark)."""
         with self._lock:
             return len(self._known)
-
-    def campaign_ids(self) -> Iterable[int]:
-        with self._lock:
-            return list(self._campaigns)
 
     @property
     def synced_at(self) -> datetime | None:
