@@ -47,6 +47,7 @@ from psycopg_pool import ConnectionPool
 
 from .calculation import (
     CAMPAIGNS,
+    COUNTED,
     LATEST_CHANGES,
     Key,
     Page,
@@ -69,15 +70,17 @@ LIVE = 0  # campaigns.status
 
 CHANGED_ACTIONS = "SELECT id, updated_at FROM actions WHERE updated_at >= %s"
 CHANGED_SUPPORTERS = "SELECT id, updated_at FROM supporters WHERE updated_at >= %s"
-# The keys the given rows take part in (in the snapshot asked).
-KEYS_OF = """
+# The keys in which the given rows make a counted pair (in the snapshot asked).
+# A key's figures depend on its counted pairs only: a row that makes no counted
+# pair in either snapshot cannot change them, so it is left out on both sides.
+KEYS_OF = f"""
     SELECT a.campaign_id, s.fingerprint
     FROM actions a JOIN supporters s ON s.id = a.supporter_id
-    WHERE a.id = ANY(%(actions)s) AND s.fingerprint IS NOT NULL
+    WHERE a.id = ANY(%(actions)s) AND {COUNTED}
     UNION
     SELECT a.campaign_id, s.fingerprint
     FROM supporters s JOIN actions a ON a.supporter_id = s.id
-    WHERE s.id = ANY(%(supporters)s) AND s.fingerprint IS NOT NULL
+    WHERE s.id = ANY(%(supporters)s) AND {COUNTED}
 """
 # How the given actions count (counted = accepted and not testing).
 ACTIONS_OF = """
@@ -164,7 +167,7 @@ class Refresher:
                 self._work = self._pool.getconn(timeout=self._connect_timeout)
             taken_at, snapshot_id = keep_snapshot(keeper)
             if full or due or self._state is None:
-                state, report = self._full(keeper, snapshot_id)
+                state, report = self._full(keeper, snapshot_id, started)
             else:
                 state, report = self._incremental(keeper, snapshot_id, self._state, started)
         except BaseException:
@@ -219,12 +222,12 @@ class Refresher:
         self._pool.putconn(conn)
 
     def _full(
-        self, keeper: psycopg.Connection[TupleRow], snapshot_id: str
+        self, keeper: psycopg.Connection[TupleRow], snapshot_id: str, started: float
     ) -> tuple[_State, RefreshReport]:
         with self._reading(snapshot_id) as cur:
             tallies, statuses, pages = full_tallies(cur)
             actions_mark, supporters_mark = next(cur.execute(LATEST_CHANGES))
-        self._last_full = self._last_slow = time.monotonic()
+        self._last_full = self._last_slow = started  # intervals run from start to start
         self._stale.clear()
         figures = {cid: t.counters() for cid, t in tallies.items()}
         state = _State(

@@ -178,26 +178,10 @@ class StatsStore:
             self._listener.campaigns_replaced(old, new.campaigns)
         return True
 
-    def replace(self, campaigns: dict[int, CampaignCounters], taken_at: datetime) -> None:
-        """Swap in figures unconditionally, forgetting every remembered Increment."""
-        with self._lock:
-            old = self._campaigns
-            self._campaigns = campaigns
-            self._synced_at = taken_at
-            self._known = set()
-            self._carried = []
-            self._log = []
-        if self._listener is not None:
-            self._listener.campaigns_replaced(old, campaigns)
-
     def remembered(self) -> int:
         """How many action ids the store remembers (for tests and the benchmark)."""
         with self._lock:
             return len(self._known)
-
-    def campaign_ids(self) -> Iterable[int]:
-        with self._lock:
-            return list(self._campaigns)
 
     @property
     def synced_at(self) -> datetime | None:

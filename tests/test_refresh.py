@@ -1,0 +1,91 @@
+"""The refresh schedules: closed campaigns at the slow rate, the full calculation as safety net."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from psycopg_pool import ConnectionPool
+
+from proca_stats.server.calculation import calculate
+from proca_stats.server.counters import CampaignCounters
+from proca_stats.server.refresh import Refresher
+from tests.proca_data import ProcaData
+
+
+@pytest.fixture
+def pool(database_url: str) -> Iterator[ConnectionPool]:
+    with ConnectionPool(database_url, min_size=1, max_size=3) as opened:
+        yield opened
+
+
+def full(database_url: str) -> dict[int, CampaignCounters]:
+    with psycopg.connect(database_url) as conn:
+        return calculate(conn).campaigns
+
+
+def refresh(refresher: Refresher) -> tuple[dict[int, CampaignCounters], str]:
+    snapshot, report = refresher.run()
+    refresher.settle()
+    return snapshot.campaigns, report.kind
+
+
+def test_closed_campaigns_wait_for_the_slow_refresh(
+    db: ProcaData, pool: ConnectionPool, database_url: str
+) -> None:
+    org = db.org()
+    live, closed = db.campaign(org), db.campaign(org, status=1)
+    live_page, closed_page = db.page(live, org), db.page(closed, org)
+    refresher = Refresher(pool, connect_timeout=5, full_interval=0, slow_interval=3600, overlap=0)
+    try:
+        assert refresh(refresher) == (full(database_url), "full")
+        db.person(live, live_page, b"alice")
+        db.person(closed, closed_page, b"bob")
+        figures, kind = refresh(refresher)
+        assert kind == "incremental"
+        assert figures[live] == full(database_url)[live]  # live: at once
+        assert figures[closed] == CampaignCounters()  # closed: not before the slow refresh
+        snapshot, _ = refresher.run(full=True)
+        refresher.settle()
+        assert snapshot.campaigns == full(database_url)
+    finally:
+        refresher.close()
+
+
+def test_a_campaign_that_becomes_live_is_recounted_at_once(
+    db: ProcaData, pool: ConnectionPool, database_url: str
+) -> None:
+    org = db.org()
+    closed = db.campaign(org, status=1)
+    page = db.page(closed, org)
+    refresher = Refresher(pool, connect_timeout=5, full_interval=0, slow_interval=3600, overlap=0)
+    try:
+        refresh(refresher)
+        db.person(closed, page, b"carol")
+        assert refresh(refresher)[0][closed] == CampaignCounters()
+        db.conn.execute("UPDATE campaigns SET status = 0 WHERE id = %s", (closed,))
+        assert refresh(refresher)[0] == full(database_url)
+    finally:
+        refresher.close()
+
+
+def test_deletes_are_left_to_the_safety_net(
+    db: ProcaData, pool: ConnectionPool, database_url: str
+) -> None:
+    """A delete leaves no trace; the full calculation at --full-sync-interval sees it."""
+    org = db.org()
+    campaign = db.campaign(org)
+    page = db.page(campaign, org)
+    gone = db.person(campaign, page, b"dave")
+    db.person(campaign, page, b"erin")
+    refresher = Refresher(pool, connect_timeout=5, full_interval=1e-6, slow_interval=0, overlap=0)
+    try:
+        before, _ = refresh(refresher)
+        db.conn.execute("DELETE FROM actions WHERE id = %s", (gone,))
+        # The interval (1 µs) has passed by the next refresh: it is a full calculation.
+        after, kind = refresh(refresher)
+        assert kind == "full"
+        assert after == full(database_url) != before
+    finally:
+        refresher.close()
