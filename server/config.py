@@ -103,26 +103,20 @@ def check_database_url(url: str) -> str:
     return url
 
 
-def parse_milliseconds(flag: str, value: str, minimum: int = 0) -> int:
-    """A whole number of milliseconds, at least ``minimum``."""
-    try:
-        milliseconds = int(value)
-    except ValueError:
-        raise ConfigError(f"{flag}: expected milliseconds, got {value!r}") from None
-    if milliseconds < minimum:
-        raise ConfigError(f"{flag}: must be >= {minimum}, got {milliseconds}")
-    return milliseconds
-
-
-def parse_count(flag: str, value: str, minimum: int = 1) -> int:
-    """A whole number, at least ``minimum`` (a cap or a size)."""
+def parse_count(flag: str, value: str, minimum: int = 1, unit: str = "a whole number") -> int:
+    """A whole number, at least ``minimum`` (a cap, a size, a duration in ``unit``)."""
     try:
         count = int(value)
     except ValueError:
-        raise ConfigError(f"{flag}: expected a whole number, got {value!r}") from None
+        raise ConfigError(f"{flag}: expected {unit}, got {value!r}") from None
     if count < minimum:
         raise ConfigError(f"{flag}: must be >= {minimum}, got {count}")
     return count
+
+
+def parse_milliseconds(flag: str, value: str) -> int:
+    """A duration in whole milliseconds, 0 or more."""
+    return parse_count(flag, value, minimum=0, unit="milliseconds")
 
 
 def is_loopback(host: str) -> bool:
