@@ -42,6 +42,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from psycopg_pool import ConnectionPool
+from serving import free_port, serve_process
 
 from proca_stats.client.v1 import stats_pb2
 from proca_stats.server.calculation import calculate
@@ -256,41 +257,6 @@ def grpc_body(message: bytes) -> bytes:
 
 
 @contextmanager
-def proca_stats_server(url: str, port: int, *extra: str) -> Iterator[subprocess.Popen[bytes]]:
-    """`proca-stats serve` in a process of its own, until its first calculation is done."""
-    command = [
-        sys.executable,
-        "-c",
-        "from proca_stats.server.cli import main; main()",
-        "--log-level",
-        "WARNING",
-        "serve",
-        "--database-url",
-        url,
-        "--listen",
-        f"127.0.0.1:{port}",
-        *extra,
-    ]
-    process = subprocess.Popen(command)
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            call = channel.unary_unary(GET_STATS)
-            deadline = time.monotonic() + 300
-            while True:
-                try:
-                    call(stats_pb2.GetStatsRequest(campaign_id=1).SerializeToString(), timeout=5)
-                    break
-                except grpc.RpcError:
-                    if time.monotonic() > deadline or process.poll() is not None:
-                        raise
-                    time.sleep(0.2)
-        yield process
-    finally:
-        process.terminate()
-        process.wait(30)
-
-
-@contextmanager
 def bare_server(port: int, answer: bytes) -> Iterator[None]:
     """A threaded grpcio server answering GetStats with fixed bytes: the framework's ceiling."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
@@ -373,25 +339,25 @@ def load(url: str, seconds: int, clients: int, streams: int, rounds: int) -> Non
             campaign_id=1, org_id=1, action_type="signature", area="DE", new_supporter=True
         ).SerializeToString()
     )
-    port = 50151
     runs: dict[str, list[tuple[float, float, float]]] = {}
 
     def measure(name: str, port: int, path: str, body: bytes) -> None:
         runs.setdefault(name, []).append(h2load(port, path, body, seconds, clients, streams))
 
     for _ in range(rounds):
-        with proca_stats_server(url, port, "--sync-interval", "0"):
+        with serve_process(url, "--sync-interval", "0") as (_, port):
             with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
                 answer = channel.unary_unary(GET_STATS)(get[5:], timeout=5)
             measure("GetStats, no calculation", port, GET_STATS, get)
             measure("Increment, no calculation", port, INCREMENT, inc)
         # Back-to-back full calculations: one always runs.
         busy = ("--sync-interval", "1", "--full-sync-interval", "1")
-        with proca_stats_server(url, port + 1, *busy):
-            measure("GetStats, calculation running", port + 1, GET_STATS, get)
-            measure("Increment, calculation running", port + 1, INCREMENT, inc)
-        with bare_server(port + 2, answer):
-            measure("GetStats, bare grpcio server", port + 2, GET_STATS, get)
+        with serve_process(url, *busy) as (_, port):
+            measure("GetStats, calculation running", port, GET_STATS, get)
+            measure("Increment, calculation running", port, INCREMENT, inc)
+        port = free_port()
+        with bare_server(port, answer):
+            measure("GetStats, bare grpcio server", port, GET_STATS, get)
     results = {
         name: tuple(statistics.median(run[i] for run in measured) for i in range(3))
         for name, measured in runs.items()
@@ -416,8 +382,7 @@ def load(url: str, seconds: int, clients: int, streams: int, rounds: int) -> Non
 def memory(admin_url: str, name: str) -> None:
     say("\n4. Peak memory of the server with 100,000 campaigns")
     url = build(admin_url, name, supporters=300_000, actions=450_000, campaigns=100_000)
-    port = 50161
-    with proca_stats_server(url, port, "--sync-interval", "0") as process:
+    with serve_process(url, "--sync-interval", "0") as (process, _):
         status = Path(f"/proc/{process.pid}/status").read_text()
         peak = re.search(r"VmHWM:\s+(\d+) kB", status)
         rss = re.search(r"VmRSS:\s+(\d+) kB", status)

@@ -18,9 +18,7 @@ import argparse
 import asyncio
 import multiprocessing
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -32,7 +30,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from serving import serve_process
 
 from proca_stats.client import StatsClient
 from proca_stats.client.v1 import stats_pb2, stats_pb2_grpc
@@ -40,23 +38,6 @@ from proca_stats.server.database import init_schema, start_embedded
 
 CAMPAIGNS = 100
 STREAMS_PER_CONNECTION = 100
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def serving(target: str) -> bool:
-    with grpc.insecure_channel(target) as channel:
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=1
-            )
-        except grpc.RpcError:
-            return False
-    return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
 @contextmanager
@@ -68,33 +49,10 @@ def server(max_watchers: int) -> Iterator[str]:
             init_schema(url)  # like `proca-stats db init`: tables created where missing
         else:
             url = start_embedded(Path(tmp) / "pgdata")
-        port = free_port()
-        command = [
-            str(Path(sys.executable).with_name("proca-stats")),
-            "--log-level",
-            "WARNING",
-            "serve",
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--database-url",
-            url,
-            "--sync-interval",
-            "0",
-            "--max-watchers",
-            str(max_watchers),
-        ]
-        process = subprocess.Popen(command)
-        target = f"127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 60
-            while not serving(target):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    sys.exit("the server did not start")
-                time.sleep(0.1)
-            yield target
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
+        with serve_process(
+            url, "--sync-interval", "0", "--max-watchers", str(max_watchers), ready_within=60
+        ) as (_, port):
+            yield f"127.0.0.1:{port}"
 
 
 def read_for(target: str, seconds: float, results: Connection) -> None:
