@@ -59,7 +59,7 @@ ALL_PAIRS = "FROM actions a JOIN supporters s ON s.id = a.supporter_id"
 # The pairs of chosen (campaign, fingerprint) keys, found through the
 # supporters' fingerprint index (and, where it exists, an index on
 # actions.supporter_id).
-KEYED_PAIRS = """FROM unnest(%(campaigns)s::bigint[], %(fingerprints)s::bytea[])
+KEYED_PAIRS = """FROM unnest(%(campaigns)b::bigint[], %(fingerprints)b::bytea[])
          AS k(campaign_id, fingerprint)
     JOIN supporters s ON s.fingerprint = k.fingerprint
     JOIN actions a ON a.supporter_id = s.id AND a.campaign_id = k.campaign_id"""
@@ -235,7 +235,7 @@ def campaign_figures(
         cur.execute(setting.encode())
     where, params = "", {}
     if campaign_ids is not None:
-        where, params = "AND a.campaign_id = ANY(%(ids)s)", {"ids": list(campaign_ids)}
+        where, params = "AND a.campaign_id = ANY(%(ids)b)", {"ids": list(campaign_ids)}
     tallies: defaultdict[int, CampaignTally] = defaultdict(CampaignTally)
     to_look_up: list[tuple[Key, int | None]] = []
     for campaign_id, org_id, area, fingerprint, count in cur.execute(

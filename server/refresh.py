@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Collection
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -70,25 +71,23 @@ LIVE = 0  # campaigns.status
 
 CHANGED_ACTIONS = "SELECT id, updated_at FROM actions WHERE updated_at >= %s"
 CHANGED_SUPPORTERS = "SELECT id, updated_at FROM supporters WHERE updated_at >= %s"
-# The keys in which the given rows make a counted pair (in the snapshot asked).
-# A key's figures depend on its counted pairs only: a row that makes no counted
-# pair in either snapshot cannot change them, so it is left out on both sides.
-KEYS_OF = f"""
-    SELECT a.campaign_id, s.fingerprint
-    FROM actions a JOIN supporters s ON s.id = a.supporter_id
-    WHERE a.id = ANY(%(actions)s) AND {COUNTED}
-    UNION
-    SELECT a.campaign_id, s.fingerprint
+# What the changed rows touch, in the snapshot asked: one row per changed action
+# (its campaign, type, whether it counts, and its key when it makes a counted
+# pair) and one per counted pair of a changed supporter (its key only). A key's
+# figures depend on its counted pairs only: a row that makes no counted pair in
+# either snapshot cannot change them, so it gives no key on either side.
+# Arrays go in binary (%b): a thousand ids or fingerprints cost nothing to send.
+TOUCHED = f"""
+    SELECT true, a.campaign_id, a.action_type, a.processing_status IN (3, 4) AND NOT a.testing,
+           CASE WHEN {COUNTED} THEN s.fingerprint END
+    FROM actions a LEFT JOIN supporters s ON s.id = a.supporter_id
+    WHERE a.id = ANY(%(actions)b)
+    UNION ALL
+    SELECT false, a.campaign_id, NULL, NULL, s.fingerprint
     FROM supporters s JOIN actions a ON a.supporter_id = s.id
-    WHERE s.id = ANY(%(supporters)s) AND {COUNTED}
+    WHERE s.id = ANY(%(supporters)b) AND {COUNTED}
 """
-# How the given actions count (counted = accepted and not testing).
-ACTIONS_OF = """
-    SELECT campaign_id, action_type, processing_status IN (3, 4) AND NOT testing, count(*)
-    FROM actions WHERE id = ANY(%s)
-    GROUP BY 1, 2, 3
-"""
-SEEN = "SELECT id FROM actions WHERE id = ANY(%s)"
+SEEN = "SELECT id FROM actions WHERE id = ANY(%b)"
 
 
 @dataclass(frozen=True)
@@ -249,9 +248,7 @@ class Refresher:
             supporters, supporters_mark = _changed(
                 cur, CHANGED_SUPPORTERS, old.supporters_mark, self._overlap
             )
-            params = {"actions": actions, "supporters": supporters}
-            new_keys = _keys(cur, params) if actions or supporters else set()
-            new_actions = cur.execute(ACTIONS_OF, (actions,)).fetchall() if actions else []
+            new_keys, new_actions = _touched(cur, actions, supporters)
 
         # Campaigns recounted whole: new, just live again, or whose pages moved.
         recount = {c for c, s in statuses.items() if s == LIVE and old.statuses.get(c) != LIVE}
@@ -270,10 +267,10 @@ class Refresher:
             )
 
         with self._reading(old.snapshot_id) as cur:
-            keys = new_keys | (_keys(cur, params) if actions or supporters else set())
-            old_actions = cur.execute(ACTIONS_OF, (actions,)).fetchall() if actions else []
+            old_keys, old_actions = _touched(cur, actions, supporters)
+            keys = new_keys | old_keys
             # Closed and ignored campaigns with changes wait for the slow refresh.
-            affected = {k[0] for k in keys} | {row[0] for row in (*old_actions, *new_actions)}
+            affected = {k[0] for k in keys} | {c for c, _, _ in (*old_actions, *new_actions)}
             self._stale |= {c for c in affected if c not in recount and c in statuses}
             self._stale -= {c for c in affected if by_delta(c)}
             if slow_due:
@@ -305,8 +302,8 @@ class Refresher:
                     tally(key[0]).credit(was, -1)
                 if now is not None:
                     tally(key[0]).credit(now, 1)
-        for rows, sign in ((old_actions, -1), (new_actions, 1)):
-            for campaign_id, action_type, counts, n in rows:
+        for counted_actions, sign in ((old_actions, -1), (new_actions, 1)):
+            for (campaign_id, action_type, counts), n in counted_actions.items():
                 if counts and by_delta(campaign_id):
                     tally(campaign_id).count_actions(action_type, sign * n)
 
@@ -357,8 +354,24 @@ def _changed(
     return ids, newest
 
 
-def _keys(cur: psycopg.Cursor[TupleRow], params: dict[str, list[int]]) -> set[Key]:
-    return {(c, bytes(f)) for c, f in cur.execute(KEYS_OF, params)}
+ActionKind = tuple[int, str, bool]  # (campaign id, action type, whether it counts)
+
+
+def _touched(
+    cur: psycopg.Cursor[TupleRow], actions: list[int], supporters: list[int]
+) -> tuple[set[Key], Counter[ActionKind]]:
+    """The keys the changed rows make counted pairs in, and the changed actions by kind."""
+    keys: set[Key] = set()
+    kinds: Counter[ActionKind] = Counter()
+    if not actions and not supporters:
+        return keys, kinds
+    rows = cur.execute(TOUCHED, {"actions": actions, "supporters": supporters})
+    for is_action, campaign_id, action_type, counts, fingerprint in rows:
+        if fingerprint is not None:
+            keys.add((campaign_id, bytes(fingerprint)))
+        if is_action:
+            kinds[campaign_id, action_type, counts] += 1
+    return keys, kinds
 
 
 def _copy(tally: CampaignTally) -> CampaignTally:
