@@ -18,7 +18,7 @@ from .handlers import Interceptor
 from .handover import Lookup, swap_in
 from .metrics import Metrics, MetricsInterceptor
 from .refresh import Refresher
-from .service import SERVICE, StatsServicer, add_stats_service
+from .service import ANSWERED_WITH_BYTES, SERVICE, StatsServicer, add_stats_service
 from .store import StatsStore
 from .sync import SyncWorker
 from .tls import server_credentials
@@ -113,7 +113,7 @@ class StatsServer:
             thread_name_prefix="proca-stats-watch",
         )
         servicer = StatsServicer(self.store, self.watchers)
-        _run_on_pool(servicer, "WatchStats", self._watch_pool)
+        _run_on_pool(servicer, ANSWERED_WITH_BYTES["WatchStats"], self._watch_pool)
         add_stats_service(servicer, self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         reflection.enable_server_reflection(

@@ -37,6 +37,8 @@ Figures = tuple[CampaignCounters, datetime | None]
 # still there. The RPC's termination callback normally ends the wait at once;
 # this only bounds how long a missed one could hold a watcher's place.
 WATCH_LIVENESS_CHECK = 10.0
+# RPCs registered with the servicer method that answers serialized messages.
+ANSWERED_WITH_BYTES = {"GetStats": "serialized_stats", "WatchStats": "serialized_watch"}
 
 
 @dataclass(frozen=True)
@@ -87,16 +89,19 @@ class StatsServicer(stats_pb2_grpc.StatsServiceServicer):
     GetStats is the hot path: its serialized answer is kept per campaign and
     reused while the campaign's counters and snapshot are the very same
     objects (counters are immutable and replaced on every change), so most
-    reads cost a lookup and no message building. ``add_stats_service``
-    registers ``serialized_stats`` for it; ``GetStats`` gives the same answer
-    as a message.
+    reads cost a lookup and no message building. WatchStats sends the same
+    bytes: a WatchStatsResponse is, on the wire, a GetStatsResponse (both hold
+    the CampaignStats in field 1), so ten watchers of a campaign and its
+    readers share one serialization. ``add_stats_service`` registers
+    ``serialized_stats`` and ``serialized_watch``; ``GetStats`` and
+    ``WatchStats`` give the same answers as messages.
     """
 
     def __init__(self, store: StatsStore, watchers: Watchers) -> None:
         self._store = store
         self._watchers = watchers
         # campaign id → (counters, synced_at, serialized GetStatsResponse), known campaigns only
-        self._answers: dict[int, tuple[CampaignCounters, datetime, bytes]] = {}
+        self._answers: dict[int, tuple[CampaignCounters, datetime | None, bytes]] = {}
 
     def Increment(
         self,
@@ -117,6 +122,14 @@ class StatsServicer(stats_pb2_grpc.StatsServiceServicer):
     ) -> stats_pb2.GetStatsResponse:
         return stats_pb2.GetStatsResponse.FromString(self.serialized_stats(request, context))
 
+    def WatchStats(
+        self,
+        request: stats_pb2.WatchStatsRequest | MalformedRequest,
+        context: grpc.ServicerContext,
+    ) -> Iterator[stats_pb2.WatchStatsResponse]:
+        for answer in self.serialized_watch(request, context):
+            yield stats_pb2.WatchStatsResponse.FromString(answer)
+
     def serialized_stats(
         self,
         request: stats_pb2.GetStatsRequest | MalformedRequest,
@@ -126,6 +139,12 @@ class StatsServicer(stats_pb2_grpc.StatsServiceServicer):
         campaign_id = _validated(campaign_id_from, request, context)
         counters, synced_at = self._store.get(campaign_id)
         synced_at = _ready(synced_at, context)
+        return self._answer(campaign_id, counters, synced_at)
+
+    def _answer(
+        self, campaign_id: int, counters: CampaignCounters, synced_at: datetime | None
+    ) -> bytes:
+        """The serialized GetStatsResponse for these figures, built once per change."""
         kept = self._answers.get(campaign_id)
         if kept is not None and kept[0] is counters and kept[1] is synced_at:
             return kept[2]
@@ -151,11 +170,12 @@ class StatsServicer(stats_pb2_grpc.StatsServiceServicer):
             ]
         )
 
-    def WatchStats(
+    def serialized_watch(
         self,
         request: stats_pb2.WatchStatsRequest | MalformedRequest,
         context: grpc.ServicerContext,
-    ) -> Iterator[stats_pb2.WatchStatsResponse]:
+    ) -> Iterator[bytes]:
+        """WatchStats, answered with serialized WatchStatsResponses."""
         watch = _validated(watch_from, request, context)
         _ready(self._store.synced_at, context)
         try:
@@ -177,7 +197,7 @@ class StatsServicer(stats_pb2_grpc.StatsServiceServicer):
 
     def _changes(
         self, watch: Watch, watcher: Watcher, context: grpc.ServicerContext
-    ) -> Iterator[stats_pb2.WatchStatsResponse]:
+    ) -> Iterator[bytes]:
         """The current figures, then the latest ones after each change, at most once per interval.
 
         The watcher was opened before the first read, so a change between the
@@ -187,9 +207,7 @@ class StatsServicer(stats_pb2_grpc.StatsServiceServicer):
         while latest is not None:
             counters, synced_at = latest
             not_before = time.monotonic() + watch.min_interval
-            yield stats_pb2.WatchStatsResponse(
-                stats=campaign_stats(watch.campaign_id, counters, synced_at)
-            )
+            yield self._answer(watch.campaign_id, counters, synced_at)
             latest = self._next_change(watch.campaign_id, counters, watcher, not_before, context)
 
     def _next_change(
@@ -232,8 +250,8 @@ def add_stats_service(servicer: StatsServicer, server: grpc.Server) -> None:
     """Register every RPC of the proto's StatsService with tolerant request parsing.
 
     Used instead of the generated ``add_StatsServiceServicer_to_server``, which
-    lets a malformed request end in INTERNAL; GetStats is registered with the
-    servicer's kept serialized answers.
+    lets a malformed request end in INTERNAL; GetStats and WatchStats are
+    registered with the servicer's kept serialized answers.
     """
     handlers = {}
     for method in SERVICE.methods:
@@ -242,12 +260,12 @@ def add_stats_service(servicer: StatsServicer, server: grpc.Server) -> None:
             if method.server_streaming
             else grpc.unary_unary_rpc_method_handler
         )
-        behavior = getattr(servicer, method.name)
         serialize: Callable[[Any], bytes] | None = GetMessageClass(
             method.output_type
         ).SerializeToString
-        if method.name == "GetStats":  # answers with bytes it already holds
-            behavior, serialize = servicer.serialized_stats, None
+        behavior = getattr(servicer, method.name)
+        if method.name in ANSWERED_WITH_BYTES:  # no serializer: the bytes are sent as they are
+            behavior, serialize = getattr(servicer, ANSWERED_WITH_BYTES[method.name]), None
         handlers[method.name] = build(
             behavior,
             request_deserializer=_tolerant_parser(GetMessageClass(method.input_type)),

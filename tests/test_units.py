@@ -141,3 +141,22 @@ def test_every_status_has_its_exception(code: grpc.StatusCode) -> None:
         and cls.code == code
     ]
     assert len(matching) == 1
+
+
+@given(
+    st.builds(
+        stats_pb2.CampaignStats,
+        campaign_id=st.integers(1, 2**63 - 1),
+        supporters=st.integers(-(2**63), 2**63 - 1),
+        actions_by_type=st.dictionaries(st.text(max_size=5), st.integers(0, 2**40)),
+        supporters_by_area=st.dictionaries(st.text(max_size=5), st.integers(0, 2**40)),
+        supporters_by_org=st.dictionaries(st.integers(1, 2**40), st.integers(-(2**40), 2**40)),
+    )
+)
+def test_a_kept_get_stats_answer_is_a_watch_stats_message(stats: stats_pb2.CampaignStats) -> None:
+    """WatchStats streams the bytes kept for GetStats: both answers must stay alike on the wire."""
+    answer = stats_pb2.GetStatsResponse(stats=stats).SerializeToString()
+    assert stats_pb2.WatchStatsResponse.FromString(answer).stats == stats
+    for response in (stats_pb2.GetStatsResponse, stats_pb2.WatchStatsResponse):
+        (field,) = response.DESCRIPTOR.fields
+        assert (field.number, field.message_type.full_name) == (1, "proca.stats.v1.CampaignStats")
