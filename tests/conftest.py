@@ -27,8 +27,10 @@ from psycopg.conninfo import make_conninfo
 
 from proca_stats.client import StatsClient
 from proca_stats.client.v1 import stats_pb2_grpc
+from proca_stats.client.v1.stats_pb2 import CampaignStats
 from proca_stats.server.app import StatsServer
 from proca_stats.server.config import ServeConfig
+from proca_stats.server.counters import CampaignCounters
 from proca_stats.server.database import embedded_postgres, init_schema
 from tests.proca_data import ProcaData
 
@@ -45,6 +47,16 @@ def wait_for(check: Callable[[], T], timeout: float = 15.0, what: str = "conditi
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.02)
+
+
+def figures(stats: CampaignStats) -> CampaignCounters:
+    """An answer's counters, comparable with the store's and a calculation's."""
+    return CampaignCounters(
+        stats.supporters,
+        dict(stats.actions_by_type),
+        dict(stats.supporters_by_area),
+        dict(stats.supporters_by_org),
+    )
 
 
 @pytest.fixture(scope="session")
