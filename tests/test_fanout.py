@@ -16,19 +16,17 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 
-import grpc
 import psycopg
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from proca_stats.client import StatsClient
-from proca_stats.server.app import FANOUT_SERVICE_NAME, StatsServer
+from proca_stats.server.app import StatsServer
 from proca_stats.server.calculation import calculate
 from proca_stats.server.counters import CampaignCounters, Increment, incremented
 from proca_stats.server.database import init_schema
 from proca_stats.server.fanout import LISTENER_NAME
 from proca_stats.server.payload import MAX_PAYLOAD_BYTES, PayloadError, decode, encode
-from tests.conftest import figures, wait_for
+from tests.conftest import fanout_serving, figures, wait_for
 from tests.proca_data import ProcaData
 
 Serve = Callable[..., tuple[subprocess.Popen[str], int]]
@@ -158,17 +156,6 @@ def send(clients: list[StatsClient], inc: Increment, rng: random.Random, with_id
             new_supporter=inc.new_supporter,
             action_id=inc.action_id if with_id else None,
         )
-
-
-def fanout_serving(port: int) -> bool:
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=FANOUT_SERVICE_NAME), timeout=1
-            )
-        except grpc.RpcError:
-            return False
-    return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
 def agree(clients: list[StatsClient], expected: dict[int, CampaignCounters]) -> bool:
