@@ -31,7 +31,7 @@ from psycopg.rows import TupleRow
 
 from .counters import Increment
 from .metrics import FanoutMetrics
-from .payload import PayloadError, decode, encode
+from .payload import PayloadError, decode, encode, sender_prefix
 from .store import CapacityError, StatsStore
 from .sync import backoff_delay
 
@@ -166,7 +166,7 @@ class Listener:
     ) -> None:
         self._connect = connect
         self._channel = channel
-        self._replica = replica
+        self._own = sender_prefix(replica)
         self._store = store
         self._metrics = metrics
         self._connected = connected
@@ -225,12 +225,12 @@ class Listener:
                 self._connected(False)
 
     def _apply(self, payload: str) -> None:
+        if payload.startswith(self._own):
+            return
         try:
             message = decode(payload)
         except PayloadError as error:
             log.warning("fan-out: ignored a message that is not a fan-out payload: %s", error)
-            return
-        if message.replica == self._replica:
             return
         self._metrics.received.inc(len(message.increments))
         for inc in message.increments:

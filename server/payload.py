@@ -57,6 +57,11 @@ def _item(inc: Increment) -> str:
     return json.dumps(fields, separators=(",", ":"))
 
 
+def sender_prefix(replica: str) -> str:
+    """How every payload of ``replica`` begins: a replica skips its own without decoding them."""
+    return json.dumps({"r": replica}, separators=(",", ":"))[:-1] + ","
+
+
 def _header(replica: str, number: int, accepted_at: float) -> str:
     head = json.dumps({"r": replica, "n": number, "t": accepted_at}, separators=(",", ":"))
     return head[:-1] + ',"i":['

@@ -25,7 +25,13 @@ from proca_stats.server.calculation import calculate
 from proca_stats.server.counters import CampaignCounters, Increment, incremented
 from proca_stats.server.database import init_schema
 from proca_stats.server.fanout import LISTENER_NAME
-from proca_stats.server.payload import MAX_PAYLOAD_BYTES, PayloadError, decode, encode
+from proca_stats.server.payload import (
+    MAX_PAYLOAD_BYTES,
+    PayloadError,
+    decode,
+    encode,
+    sender_prefix,
+)
 from tests.conftest import fanout_serving, figures, wait_for
 from tests.proca_data import ProcaData
 
@@ -45,6 +51,8 @@ def test_a_payload_carries_increments_and_who_sent_them() -> None:
     message = decode(payload)
     assert (message.replica, message.number, message.accepted_at) == ("replica-a", 5, 1700000000.25)
     assert message.increments == sent
+    assert payload.startswith(sender_prefix("replica-a"))
+    assert not payload.startswith(sender_prefix("replica"))
 
 
 def test_a_large_batch_is_split_under_the_limit_in_order_and_numbered() -> None:
