@@ -182,10 +182,7 @@ class StatsServer:
         self._grpc.start()
         self._pool.open(wait=False)
         if self.fanout is not None:
-            # The first calculation starts once the replica listens (or could not yet):
-            # what others publish before its snapshot is then either in it or heard.
-            self.fanout.start()
-            self.fanout.listener.wait_first_attempt(self._connect_timeout + 1)
+            self.fanout.start(wait=self._connect_timeout + 1)
         self.sync.start()
 
     def stop(self, grace: float | None = None) -> None:

@@ -179,10 +179,9 @@ class Listener:
     def start(self) -> None:
         self._thread.start()
 
-    def wait_first_attempt(self, timeout: float) -> bool:
-        """Wait until the first connection listens or failed; True when it listens."""
+    def wait_first_attempt(self, timeout: float) -> None:
+        """Wait until the first connection listens or failed (at most ``timeout`` s)."""
         self._tried.wait(timeout)
-        return self._retry.failures == 0 and self._tried.is_set()
 
     def stop(self, timeout: float | None = None) -> None:
         self._stopping.set()
@@ -258,8 +257,8 @@ class Fanout:
         self.replica = secrets.token_hex(8)
         self._url = database_url
         self._connect_timeout = max(1, round(connect_timeout))
-        self.publisher = Publisher(self._connection, channel, self.replica, metrics)
-        self.listener = Listener(
+        self._publisher = Publisher(self._connection, channel, self.replica, metrics)
+        self._listener = Listener(
             self._connection,
             channel,
             self.replica,
@@ -278,12 +277,19 @@ class Fanout:
         )
 
     def publish(self, inc: Increment) -> None:
-        self.publisher.publish(inc)
+        self._publisher.publish(inc)
 
-    def start(self) -> None:
-        self.listener.start()
-        self.publisher.start()
+    def start(self, wait: float) -> None:
+        """Start both threads; return once the listener listens, or after its first failure,
+        or after ``wait`` seconds, whichever comes first.
+
+        The caller starts the first calculation after that: what other replicas
+        publish before its snapshot is then either in the snapshot or heard.
+        """
+        self._listener.start()
+        self._publisher.start()
+        self._listener.wait_first_attempt(wait)
 
     def stop(self) -> None:
-        self.publisher.stop()
-        self.listener.stop()
+        self._publisher.stop()
+        self._listener.stop()
