@@ -307,6 +307,8 @@ def test_a_replica_applies_the_others_increments_and_never_its_own_twice(
 ) -> None:
     a, b = (start_server(database_url, fanout=True) for _ in range(2))
     for server in (a, b):
+        # After the first calculation, which would replace Increments of actions not stored.
+        wait_for(lambda s=server: s.store.synced_at, what="the first calculation")
         wait_for(lambda s=server: sample(s, "proca_stats_fanout_connected") == 1, what="listening")
     with StatsClient(f"127.0.0.1:{a.port}") as to_a, StatsClient(f"127.0.0.1:{b.port}") as to_b:
         to_a.increment(1, 2, "signature", area="DE", new_supporter=True, action_id=10)
