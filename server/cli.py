@@ -104,7 +104,9 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         parse_listen(args.metrics_listen, "--metrics-listen")
     if args.protect_reads and not args.token_file:
         raise ConfigError("--protect-reads: needs --token-file")
-    sync_url = args.sync_database_url
+    sync_url = args.sync_database_url and check_database_url(
+        args.sync_database_url, "--sync-database-url"
+    )
     return ServeConfig(
         listen=args.listen,
         database_url=args.database_url,
@@ -124,10 +126,9 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
             max_request_bytes=parse_count("--max-request-bytes", args.max_request_bytes),
         ),
         metrics_listen=args.metrics_listen,
-        fanout=args.fanout
-        or parse_switch("PROCA_STATS_FANOUT", os.environ.get("PROCA_STATS_FANOUT")),
+        fanout=args.fanout or parse_switch("PROCA_STATS_FANOUT", _env("PROCA_STATS_FANOUT")),
         fanout_channel=parse_channel("--fanout-channel", args.fanout_channel),
-        sync_database_url=sync_url and check_database_url(sync_url, "--sync-database-url"),
+        sync_database_url=sync_url,
     )
 
 
