@@ -130,9 +130,12 @@ class Publisher:
         try:
             if self._conn is None or self._conn.closed:
                 self._conn = self._connect(PUBLISHER_NAME)
-            with self._conn.transaction():
-                for payload in payloads:
-                    self._conn.execute("SELECT pg_notify(%s, %s)", (self._channel, payload))
+            # One statement: one round trip, one transaction, payloads in order.
+            self._conn.execute(
+                "SELECT pg_notify(%s, payload) FROM unnest(%s::text[]) WITH ORDINALITY "
+                "AS p(payload, n) ORDER BY n",
+                (self._channel, payloads),
+            )
         except psycopg.Error as error:
             log.warning("fan-out: dropped %d increments: %s", len(batch), str(error).strip())
             self._metrics.dropped.inc(len(batch))

@@ -18,13 +18,16 @@ from contextlib import ExitStack
 
 import psycopg
 import pytest
+from prometheus_client import CollectorRegistry
 
 from proca_stats.client import StatsClient
 from proca_stats.server.app import StatsServer
 from proca_stats.server.calculation import calculate
+from proca_stats.server.config import DEFAULT_FANOUT_CHANNEL
 from proca_stats.server.counters import CampaignCounters, Increment, incremented
 from proca_stats.server.database import init_schema
-from proca_stats.server.fanout import LISTENER_NAME
+from proca_stats.server.fanout import LISTENER_NAME, Publisher
+from proca_stats.server.metrics import FanoutMetrics
 from proca_stats.server.payload import (
     MAX_PAYLOAD_BYTES,
     PayloadError,
@@ -349,3 +352,28 @@ def test_sync_reads_the_sync_database_and_fanout_uses_the_primary(
     with StatsClient(f"127.0.0.1:{a.port}") as to_a:
         to_a.increment(campaign, org, "signature", new_supporter=True)
     wait_for(lambda: b.store.get(campaign)[0].supporters == 2, what="b to hear a")
+
+
+def test_a_batch_larger_than_one_notify_arrives_whole(
+    start_server: Callable[..., StatsServer], database_url: str
+) -> None:
+    listening = start_server(database_url, fanout=True)
+    wait_for(lambda: listening.store.synced_at, what="the first calculation")
+    wait_for(lambda: sample(listening, "proca_stats_fanout_connected") == 1, what="listening")
+    batch = [Increment(7, 1, f"{n:03}" + "x" * 252, None, True) for n in range(100)]
+    assert len(encode("bulk", 0, 0.0, batch)) > 3  # several NOTIFYs
+    registry = CollectorRegistry()
+    publisher = Publisher(
+        lambda name: psycopg.connect(database_url, autocommit=True, application_name=name),
+        DEFAULT_FANOUT_CHANNEL,
+        "bulk",
+        FanoutMetrics(registry),
+    )
+    for inc in batch:  # all queued before the thread starts: one batch
+        publisher.publish(inc)
+    publisher.start()
+    publisher.stop()
+    assert registry.get_sample_value("proca_stats_fanout_published_total") == len(batch)
+    wait_for(lambda: listening.store.get(7)[0].supporters == len(batch), what="the whole batch")
+    assert set(listening.store.get(7)[0].actions_by_type) == {inc.action_type for inc in batch}
+    assert sample(listening, "proca_stats_fanout_received_total") == len(batch)
