@@ -1,17 +1,27 @@
-"""`proca-stats serve` for the benchmarks: a process of its own on a free port, ready to answer."""
+"""What the benchmarks share: `proca-stats serve` processes on free ports, ready to answer,
+a database to run them on, and client processes that call as fast as they can."""
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from proca_stats.server.database import init_schema, start_embedded
+
+# A client process: calls ``target`` for ``seconds``, then sends how many calls it made.
+Worker = Callable[[str, float, Connection], None]
 
 
 def free_port() -> int:
@@ -60,3 +70,34 @@ def serve_process(
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@contextmanager
+def bench_database() -> Iterator[str]:
+    """DATABASE_URL with Proca's tables (created where missing), else an embedded PostgreSQL
+    in a temporary directory; yields its URL."""
+    with tempfile.TemporaryDirectory(prefix="proca-stats-bench-") as tmp:
+        url = os.environ.get("DATABASE_URL")
+        if url:
+            init_schema(url)  # like `proca-stats db init`
+        else:
+            url = start_embedded(Path(tmp) / "pgdata")
+        yield url
+
+
+def calls_per_second(worker: Worker, target: str, processes: int, seconds: float) -> float:
+    """Calls a second made by ``processes`` client processes running ``worker`` at once.
+
+    Each runs on its own interpreter: what is measured is the server, not a client's lock.
+    """
+    spawn = multiprocessing.get_context("spawn")
+    pipes = [spawn.Pipe(duplex=False) for _ in range(processes)]
+    started = [
+        spawn.Process(target=worker, args=(target, seconds, sending)) for _, sending in pipes
+    ]
+    for process in started:
+        process.start()
+    total: int = sum(receiving.recv() for receiving, _ in pipes)
+    for process in started:
+        process.join()
+    return total / seconds

@@ -20,21 +20,18 @@ import multiprocessing
 import os
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from pathlib import Path
 
 import grpc
-from serving import serve_process
+from serving import bench_database, calls_per_second, serve_process
 
 from proca_stats.client import StatsClient
 from proca_stats.client.v1 import stats_pb2, stats_pb2_grpc
-from proca_stats.server.database import init_schema, start_embedded
 
 CAMPAIGNS = 100
 STREAMS_PER_CONNECTION = 100
@@ -43,16 +40,13 @@ STREAMS_PER_CONNECTION = 100
 @contextmanager
 def server(max_watchers: int) -> Iterator[str]:
     """A `proca-stats serve` process on a free port; yields its target once it is SERVING."""
-    with tempfile.TemporaryDirectory(prefix="proca-stats-bench-") as tmp:
-        url = os.environ.get("DATABASE_URL")
-        if url:
-            init_schema(url)  # like `proca-stats db init`: tables created where missing
-        else:
-            url = start_embedded(Path(tmp) / "pgdata")
-        with serve_process(
+    with (
+        bench_database() as url,
+        serve_process(
             url, "--sync-interval", "0", "--max-watchers", str(max_watchers), ready_within=60
-        ) as (_, port):
-            yield f"127.0.0.1:{port}"
+        ) as (_, port),
+    ):
+        yield f"127.0.0.1:{port}"
 
 
 def read_for(target: str, seconds: float, results: Connection) -> None:
@@ -68,17 +62,7 @@ def read_for(target: str, seconds: float, results: Connection) -> None:
 
 
 def get_stats_per_second(target: str, readers: int, seconds: float) -> float:
-    spawn = multiprocessing.get_context("spawn")
-    pipes = [spawn.Pipe(duplex=False) for _ in range(readers)]
-    processes = [
-        spawn.Process(target=read_for, args=(target, seconds, sending)) for _, sending in pipes
-    ]
-    for process in processes:
-        process.start()
-    total = sum(receiving.recv() for receiving, _ in pipes)
-    for process in processes:
-        process.join()
-    return total / seconds
+    return calls_per_second(read_for, target, readers, seconds)
 
 
 async def _watch(target: str, count: int, ready: Connection, stop: Connection) -> None:

@@ -14,6 +14,7 @@ from psycopg_pool import ConnectionPool
 from .auth import TokenAuthInterceptor, load_tokens, read_methods
 from .config import ServeConfig, parse_listen
 from .counters import Snapshot
+from .fanout import Fanout
 from .handlers import Interceptor
 from .handover import Lookup, swap_in
 from .metrics import Metrics, MetricsInterceptor
@@ -27,6 +28,8 @@ from .watchers import Watchers
 log = logging.getLogger(__name__)
 
 SERVICE_NAME: str = SERVICE.full_name
+# A health-only name: SERVING while this replica hears the others' Increments.
+FANOUT_SERVICE_NAME = "proca.stats.v1.Fanout"
 
 REFUSING_THREADS = 4  # WatchStats threads beyond the limit, to answer RESOURCE_EXHAUSTED
 
@@ -56,7 +59,8 @@ class StatsServer:
         self.store = StatsStore(config.limits, self.watchers)
         self.metrics = Metrics(campaigns=self.store.__len__)
         self._pool = ConnectionPool(
-            database_url,
+            # Calculations only read: they may use a read replica. LISTEN/NOTIFY needs the primary.
+            config.sync_database_url or database_url,
             # Two keep snapshots (the held one and the next), one reads in them.
             min_size=1,
             max_size=3,
@@ -88,6 +92,19 @@ class StatsServer:
             experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=1),
         )
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.fanout: Fanout | None = None
+        if config.fanout:
+            self.fanout = Fanout(
+                database_url,
+                config.fanout_channel,
+                self.store,
+                self.metrics.fanout(),
+                connected=self._fanout_connected,
+                missed=self.sync.request,
+                connect_timeout=config.connect_timeout,
+            )
+            self._fanout_connected(False)
+        self._connect_timeout = config.connect_timeout
         self._grpc = grpc.server(
             futures.ThreadPoolExecutor(
                 max_workers=config.workers, thread_name_prefix="proca-stats-rpc"
@@ -112,7 +129,9 @@ class StatsServer:
             max_workers=config.max_watchers + REFUSING_THREADS,
             thread_name_prefix="proca-stats-watch",
         )
-        servicer = StatsServicer(self.store, self.watchers)
+        servicer = StatsServicer(
+            self.store, self.watchers, self.fanout.publish if self.fanout else None
+        )
         _run_on_pool(servicer, ANSWERED_WITH_BYTES["WatchStats"], self._watch_pool)
         add_stats_service(servicer, self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
@@ -162,6 +181,8 @@ class StatsServer:
                 ) from None
         self._grpc.start()
         self._pool.open(wait=False)
+        if self.fanout is not None:
+            self.fanout.start(wait=self._connect_timeout + 1)
         self.sync.start()
 
     def stop(self, grace: float | None = None) -> None:
@@ -171,6 +192,8 @@ class StatsServer:
         self.watchers.close()
         self._grpc.stop(grace).wait()
         self._watch_pool.shutdown(wait=False)
+        if self.fanout is not None:
+            self.fanout.stop()
         self.sync.stop()
         self._pool.close()
         self.metrics.close()
@@ -185,6 +208,10 @@ class StatsServer:
 
     def failed(self, seconds: float) -> None:
         self.metrics.sync_failed()
+
+    def _fanout_connected(self, connected: bool) -> None:
+        status = health_pb2.HealthCheckResponse
+        self._health.set(FANOUT_SERVICE_NAME, status.SERVING if connected else status.NOT_SERVING)
 
     def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
         for service in ("", SERVICE_NAME):

@@ -30,6 +30,7 @@ from .calculation import calculate
 from .config import (
     DEFAULT_CHANGE_OVERLAP_MS,
     DEFAULT_DATA_DIR,
+    DEFAULT_FANOUT_CHANNEL,
     DEFAULT_FULL_SYNC_INTERVAL_MS,
     DEFAULT_LISTEN,
     DEFAULT_MAX_WATCHERS,
@@ -43,9 +44,11 @@ from .config import (
     check_can_listen,
     check_database_url,
     check_exposure,
+    parse_channel,
     parse_count,
     parse_listen,
     parse_milliseconds,
+    parse_switch,
 )
 from .database import (
     EmbeddedDatabaseError,
@@ -101,6 +104,9 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         parse_listen(args.metrics_listen, "--metrics-listen")
     if args.protect_reads and not args.token_file:
         raise ConfigError("--protect-reads: needs --token-file")
+    sync_url = args.sync_database_url and check_database_url(
+        args.sync_database_url, "--sync-database-url"
+    )
     return ServeConfig(
         listen=args.listen,
         database_url=args.database_url,
@@ -120,6 +126,9 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
             max_request_bytes=parse_count("--max-request-bytes", args.max_request_bytes),
         ),
         metrics_listen=args.metrics_listen,
+        fanout=args.fanout or parse_switch("PROCA_STATS_FANOUT", _env("PROCA_STATS_FANOUT")),
+        fanout_channel=parse_channel("--fanout-channel", args.fanout_channel),
+        sync_database_url=sync_url,
     )
 
 
@@ -254,6 +263,18 @@ def _add_serve_options(serve: argparse.ArgumentParser) -> None:
             str(DEFAULT_SYNC_TIMEOUT_MS),
             "milliseconds after which a calculation is cancelled; 0 = never",
         ),
+        (
+            "--sync-database-url",
+            "PROCA_STATS_SYNC_DATABASE_URL",
+            None,
+            "PostgreSQL the calculations read (a read replica); default: --database-url",
+        ),
+        (
+            "--fanout-channel",
+            "PROCA_STATS_FANOUT_CHANNEL",
+            DEFAULT_FANOUT_CHANNEL,
+            "LISTEN/NOTIFY channel the replicas share Increments on",
+        ),
         ("--tls-cert", "PROCA_STATS_TLS_CERT", None, "PEM certificate (chain) of the server"),
         ("--tls-key", "PROCA_STATS_TLS_KEY", None, "PEM private key of --tls-cert"),
         (
@@ -306,6 +327,12 @@ def _add_serve_options(serve: argparse.ArgumentParser) -> None:
         "--insecure",
         action="store_true",
         help="serve plaintext on a non-loopback address (behind a trusted proxy only)",
+    )
+    serve.add_argument(
+        "--fanout",
+        action="store_true",
+        help="share Increments with the other replicas on the same database "
+        "(env PROCA_STATS_FANOUT=1)",
     )
     serve.add_argument(
         "--protect-reads", action="store_true", help="GetStats and reflection need a token too"

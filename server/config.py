@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ DEFAULT_MAX_WATCHERS = 1000
 DEFAULT_SLOW_SYNC_INTERVAL_MS = 600_000  # closed and ignored campaigns
 DEFAULT_FULL_SYNC_INTERVAL_MS = 3_600_000  # the safety net
 DEFAULT_CHANGE_OVERLAP_MS = 60_000  # how late a change may commit after its updated_at
+DEFAULT_FANOUT_CHANNEL = "proca_stats"
 DEFAULT_DATA_DIR = platformdirs.user_data_path("proca-stats")
 
 
@@ -62,6 +64,9 @@ class ServeConfig:
     workers: int = 16  # threads answering unary RPCs
     max_watchers: int = DEFAULT_MAX_WATCHERS  # open WatchStats streams, each holding a thread
     connect_timeout: float = 10.0  # seconds to wait for a database connection
+    fanout: bool = False  # share Increments with other replicas through LISTEN/NOTIFY
+    fanout_channel: str = DEFAULT_FANOUT_CHANNEL
+    sync_database_url: str | None = None  # None: the sync reads the database it listens on
 
 
 def parse_listen(value: str, flag: str = "--listen") -> tuple[str, int]:
@@ -94,13 +99,40 @@ def check_can_listen(host: str, port: int) -> None:
         raise ConfigError(f"--listen: cannot listen on {host}:{port}: {error.strerror}") from None
 
 
-def check_database_url(url: str) -> str:
+def check_database_url(url: str, flag: str = "--database-url") -> str:
     """A PostgreSQL URL or conninfo string that libpq can parse (reachability is checked later)."""
     try:
         conninfo_to_dict(url)
     except psycopg.ProgrammingError as error:
-        raise ConfigError(f"--database-url: not a PostgreSQL URL ({error})") from None
+        raise ConfigError(f"{flag}: not a PostgreSQL URL ({error})") from None
     return url
+
+
+CHANNEL = re.compile(r"[a-z_][a-z0-9_]*")
+
+
+def parse_channel(flag: str, value: str) -> str:
+    """A LISTEN/NOTIFY channel: a lower-case PostgreSQL identifier of at most 63 bytes.
+
+    Lower case only, so that `LISTEN name` typed unquoted in psql (which folds
+    to lower case) hears the same channel as the servers.
+    """
+    if not CHANNEL.fullmatch(value) or len(value) > 63:
+        raise ConfigError(
+            f"{flag}: expected a PostgreSQL identifier (lower-case letters, digits and _, "
+            f"not starting with a digit, at most 63 characters), got {value!r}"
+        )
+    return value
+
+
+def parse_switch(name: str, value: str | None) -> bool:
+    """An on/off environment variable: 1, true or yes; 0, false, no or empty."""
+    text = (value or "").strip().lower()
+    if text in ("1", "true", "yes"):
+        return True
+    if text in ("", "0", "false", "no"):
+        return False
+    raise ConfigError(f"{name}: expected 1 or 0, got {value!r}")
 
 
 def parse_count(flag: str, value: str, minimum: int = 1, unit: str = "a whole number") -> int:

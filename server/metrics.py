@@ -21,6 +21,42 @@ from .handlers import Continuation, Handler, Interceptor, behavior_of, with_beha
 # GetStats answers in well under a millisecond: the default buckets start at 5 ms.
 RPC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 1.0, 5.0)
 SYNC_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+# Fan-out delivery is a batching window plus a database round trip: milliseconds.
+DELIVERY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class FanoutMetrics:
+    """The fan-out's collectors, registered only on servers that run it."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.connected = Gauge(
+            "proca_stats_fanout_connected",
+            "1 while the fan-out listener is connected and listening, else 0",
+            registry=registry,
+        )
+        self.published = Counter(
+            "proca_stats_fanout_published",
+            "Increments this replica published to the others",
+            registry=registry,
+        )
+        self.received = Counter(
+            "proca_stats_fanout_received",
+            "Increments received from other replicas",
+            registry=registry,
+        )
+        self.dropped = Counter(
+            "proca_stats_fanout_dropped",
+            "Increments that could not be published (database unreachable or queue full); "
+            "the other replicas' next sync covers them",
+            registry=registry,
+        )
+        self.delivery_seconds = Histogram(
+            "proca_stats_fanout_delivery_seconds",
+            "From an Increment accepted by another replica to its being applied here "
+            "(the oldest Increment of each message; clocks of different machines may differ)",
+            buckets=DELIVERY_BUCKETS,
+            registry=registry,
+        )
 
 
 class Metrics:
@@ -66,6 +102,10 @@ class Metrics:
         Gauge(
             "proca_stats_campaigns", "Campaigns held in memory", registry=self.registry
         ).set_function(campaigns)
+
+    def fanout(self) -> FanoutMetrics:
+        """Register the fan-out's collectors (once per server)."""
+        return FanoutMetrics(self.registry)
 
     def sync_succeeded(self, seconds: float) -> None:
         self.sync_runs.inc()

@@ -14,7 +14,7 @@ from google.protobuf.message_factory import GetMessageClass
 
 from proca_stats.client.v1 import stats_pb2, stats_pb2_grpc
 
-from .counters import NO_COUNTERS, CampaignCounters
+from .counters import NO_COUNTERS, CampaignCounters, Increment
 from .messages import campaign_stats
 from .store import CapacityError, StatsStore
 from .validation import (
@@ -97,9 +97,16 @@ class StatsServicer(stats_pb2_grpc.StatsServiceServicer):
     ``WatchStats`` give the same answers as messages.
     """
 
-    def __init__(self, store: StatsStore, watchers: Watchers) -> None:
+    def __init__(
+        self,
+        store: StatsStore,
+        watchers: Watchers,
+        counted: Callable[[Increment], None] | None = None,
+    ) -> None:
+        """``counted`` is told each Increment the store counted (the fan-out publishes it)."""
         self._store = store
         self._watchers = watchers
+        self._counted = counted
         # campaign id → (counters, synced_at, serialized GetStatsResponse), known campaigns only
         self._answers: dict[int, tuple[CampaignCounters, datetime | None, bytes]] = {}
 
@@ -110,9 +117,11 @@ class StatsServicer(stats_pb2_grpc.StatsServiceServicer):
     ) -> stats_pb2.IncrementResponse:
         increment = _validated(increment_from, request, context)
         try:
-            self._store.increment(increment)
+            counted = self._store.increment(increment)
         except CapacityError as error:
             _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
+        if counted and self._counted is not None:
+            self._counted(increment)
         return stats_pb2.IncrementResponse()
 
     def GetStats(

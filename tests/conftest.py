@@ -27,8 +27,10 @@ from psycopg.conninfo import make_conninfo
 
 from proca_stats.client import StatsClient
 from proca_stats.client.v1 import stats_pb2_grpc
-from proca_stats.server.app import StatsServer
+from proca_stats.client.v1.stats_pb2 import CampaignStats
+from proca_stats.server.app import FANOUT_SERVICE_NAME, StatsServer
 from proca_stats.server.config import ServeConfig
+from proca_stats.server.counters import CampaignCounters
 from proca_stats.server.database import embedded_postgres, init_schema
 from tests.proca_data import ProcaData
 
@@ -45,6 +47,16 @@ def wait_for(check: Callable[[], T], timeout: float = 15.0, what: str = "conditi
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.02)
+
+
+def figures(stats: CampaignStats) -> CampaignCounters:
+    """An answer's counters, comparable with the store's and a calculation's."""
+    return CampaignCounters(
+        stats.supporters,
+        dict(stats.actions_by_type),
+        dict(stats.supporters_by_area),
+        dict(stats.supporters_by_org),
+    )
 
 
 @pytest.fixture(scope="session")
@@ -165,9 +177,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def is_serving(port: int, root_certificates: bytes | None = None) -> bool:
+def is_serving(port: int, root_certificates: bytes | None = None, service: str = "") -> bool:
     """True once the server on ``port`` answers health checks with SERVING (over TLS when
-    ``root_certificates`` are given)."""
+    ``root_certificates`` are given; for ``service``, else overall)."""
     target = f"127.0.0.1:{port}"
     with (
         grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates))
@@ -176,11 +188,16 @@ def is_serving(port: int, root_certificates: bytes | None = None) -> bool:
     ) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=1
+                health_pb2.HealthCheckRequest(service=service), timeout=1
             )
         except grpc.RpcError:
             return False
     return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def fanout_serving(port: int) -> bool:
+    """True while the server on ``port`` listens for the other replicas' Increments."""
+    return is_serving(port, service=FANOUT_SERVICE_NAME)
 
 
 @pytest.fixture

@@ -19,8 +19,17 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from proca_stats.client import ResourceExhausted, StatsClient
 from proca_stats.client.v1.stats_pb2 import CampaignStats
 from proca_stats.server.app import StatsServer
+from proca_stats.server.counters import Increment
+from proca_stats.server.payload import encode
 from tests.certificates import Authority
-from tests.conftest import PROCA_STATS, clean_env, free_port, is_serving, wait_for
+from tests.conftest import (
+    PROCA_STATS,
+    clean_env,
+    fanout_serving,
+    free_port,
+    is_serving,
+    wait_for,
+)
 from tests.proca_data import ProcaData
 
 Serving = health_pb2.HealthCheckResponse
@@ -71,7 +80,8 @@ def test_serve_get_increment_and_stop_on_sigterm(
 def test_serve_without_database_runs_on_embedded_postgres(
     serve: Callable[..., tuple[subprocess.Popen[str], int]], tmp_path: Path
 ) -> None:
-    process, port = serve("--data-dir", str(tmp_path))
+    process, port = serve("--data-dir", str(tmp_path), "--fanout")
+    assert fanout_serving(port)  # LISTEN/NOTIFY on the embedded PostgreSQL too
     got = run_cli("get", "42", "--target", f"127.0.0.1:{port}")
     assert got.returncode == 0, got.stderr
     assert json.loads(got.stdout)["campaignId"] == "42"
@@ -88,6 +98,24 @@ def test_environment_configures_serve(
     assert is_serving(port)
     process.terminate()
     assert process.wait(timeout=30) == 0
+
+
+def test_fanout_from_the_environment_and_a_mistake_in_it(
+    serve: Callable[..., tuple[subprocess.Popen[str], int]], database_url: str
+) -> None:
+    env = clean_env(
+        DATABASE_URL=database_url, PROCA_STATS_FANOUT="1", PROCA_STATS_FANOUT_CHANNEL="replicas_b"
+    )
+    _, port = serve(env=env)
+    wait_for(lambda: fanout_serving(port), what="the fan-out to listen")
+    # Another replica's message on the configured channel is counted.
+    (payload,) = encode("another", 0, 0.0, [Increment(5, 6, "signature", None, True)])
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("SELECT pg_notify('replicas_b', %s)", (payload,))
+    with StatsClient(f"127.0.0.1:{port}") as client:
+        wait_for(lambda: client.get_stats(5).supporters == 1, what="the message to count")
+    done = run_cli("serve", env=env | {"PROCA_STATS_FANOUT": "maybe"})
+    assert_one_line_error(done, "PROCA_STATS_FANOUT: expected 1 or 0")
 
 
 @pytest.mark.parametrize("configured", ["flag", "environment"])
@@ -328,6 +356,11 @@ def test_token_and_tls_options_of_the_client_commands(
         (("--protect-reads",), ("--protect-reads: needs --token-file",)),
         (("--max-campaigns", "0"), ("--max-campaigns: must be >= 1",)),
         (("--metrics-listen", "nowhere"), ("--metrics-listen: expected HOST:PORT",)),
+        (("--fanout", "--fanout-channel", "Stats"), ("--fanout-channel: expected a PostgreSQL",)),
+        (("--fanout-channel", "1st"), ("--fanout-channel: expected a PostgreSQL identifier",)),
+        (("--fanout-channel", "a-b"), ("--fanout-channel: expected a PostgreSQL identifier",)),
+        (("--fanout-channel", "c" * 64), ("--fanout-channel: expected a PostgreSQL identifier",)),
+        (("--sync-database-url", "not a url"), ("--sync-database-url: not a PostgreSQL URL",)),
     ],
 )
 def test_serve_mistakes_end_with_one_line(

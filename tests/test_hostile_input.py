@@ -16,7 +16,7 @@ from proca_stats.client.v1 import stats_pb2
 from proca_stats.server.app import StatsServer
 from proca_stats.server.config import Limits
 from proca_stats.server.counters import CampaignCounters, Increment, incremented
-from tests.conftest import wait_for
+from tests.conftest import figures, wait_for
 from tests.proca_data import ProcaData
 
 TOKEN = "fuzz-token"
@@ -74,15 +74,6 @@ reads = st.builds(
     ),
     ids,
 )
-
-
-def figures(stats: stats_pb2.CampaignStats) -> CampaignCounters:
-    return CampaignCounters(
-        stats.supporters,
-        dict(stats.actions_by_type),
-        dict(stats.supporters_by_area),
-        dict(stats.supporters_by_org),
-    )
 
 
 @pytest.fixture

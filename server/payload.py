@@ -1,0 +1,146 @@
+"""The text of the fan-out's NOTIFY messages: Increments in, payloads out, and back.
+
+A payload is compact ASCII JSON, so it is valid whatever the database's
+encoding and its length in characters is its length in bytes::
+
+    {"r": replica, "n": number, "t": accepted_at,
+     "i": [[campaign, org, action_type, area, new_supporter, action_id], ...]}
+
+``r`` tells a replica its own messages apart; ``n`` numbers a replica's
+payloads, which also keeps two payloads of one transaction from being
+identical (PostgreSQL delivers identical payloads of one transaction once);
+``t`` is when the oldest Increment of the payload was accepted (Unix time), for
+the delivery-latency histogram. PostgreSQL refuses payloads of 8000 bytes or
+more, so a batch is split into as many payloads as it needs.
+
+Anyone who may NOTIFY on the channel can send a payload, so decoding checks
+every field as strictly as the Increment RPC does and refuses the whole
+payload otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .counters import Increment
+from .validation import MAX_ACTION_TYPE_LENGTH, MAX_AREA_LENGTH
+
+MAX_PAYLOAD_BYTES = 7999  # PostgreSQL: "payload string too long" from 8000 on
+
+
+class PayloadError(ValueError):
+    """A message on the channel that is not a fan-out payload."""
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One decoded payload."""
+
+    replica: str
+    number: int
+    accepted_at: float
+    increments: list[Increment]
+
+
+def _item(inc: Increment) -> str:
+    fields = [
+        inc.campaign_id,
+        inc.org_id,
+        inc.action_type,
+        inc.area,
+        int(inc.new_supporter),
+        inc.action_id,
+    ]
+    return json.dumps(fields, separators=(",", ":"))
+
+
+def sender_prefix(replica: str) -> str:
+    """How every payload of ``replica`` begins: a replica skips its own without decoding them."""
+    return json.dumps({"r": replica}, separators=(",", ":"))[:-1] + ","
+
+
+def _header(replica: str, number: int, accepted_at: float) -> str:
+    head = json.dumps({"r": replica, "n": number, "t": accepted_at}, separators=(",", ":"))
+    return head[:-1] + ',"i":['
+
+
+def encode(
+    replica: str,
+    first_number: int,
+    accepted_at: float,
+    increments: Sequence[Increment],
+    limit: int = MAX_PAYLOAD_BYTES,
+) -> list[str]:
+    """The payloads that carry ``increments``, in order, each at most ``limit`` bytes.
+
+    Payloads are numbered from ``first_number`` on. Every valid Increment fits
+    in one payload with room to spare (its strings are capped), so splitting
+    between Increments always works.
+    """
+    payloads: list[str] = []
+    items: list[str] = []
+    size = 0
+    header = _header(replica, first_number, accepted_at)
+    for inc in increments:
+        item = _item(inc)
+        added = len(item) + (1 if items else 0)
+        if items and len(header) + size + added + 2 > limit:
+            payloads.append(header + ",".join(items) + "]}")
+            header = _header(replica, first_number + len(payloads), accepted_at)
+            items, size, added = [], 0, len(item)
+        if len(header) + added + 2 > limit:
+            raise ValueError(f"one Increment needs {len(item)} bytes, over the {limit} limit")
+        items.append(item)
+        size += added
+    if items:
+        payloads.append(header + ",".join(items) + "]}")
+    return payloads
+
+
+def _positive(value: Any) -> int:
+    if type(value) is not int or value <= 0:
+        raise PayloadError(f"expected an id > 0, got {value!r}")
+    return value
+
+
+def _text(value: Any, low: int, high: int) -> str:
+    if type(value) is not str or not low <= len(value) <= high or "\x00" in value:
+        raise PayloadError(f"expected {low}..{high} characters without NUL, got {value!r}")
+    return value
+
+
+def _increment(fields: Any) -> Increment:
+    if type(fields) is not list or len(fields) != 6:
+        raise PayloadError(f"expected an Increment of 6 fields, got {fields!r}")
+    campaign, org, action_type, area, new, action = fields
+    if new not in (0, 1) or type(new) is not int:
+        raise PayloadError(f"expected new_supporter 0 or 1, got {new!r}")
+    return Increment(
+        campaign_id=_positive(campaign),
+        org_id=_positive(org),
+        action_type=_text(action_type, 1, MAX_ACTION_TYPE_LENGTH),
+        area=None if area is None else _text(area, 1, MAX_AREA_LENGTH),
+        new_supporter=bool(new),
+        action_id=None if action is None else _positive(action),
+    )
+
+
+def decode(payload: str) -> Message:
+    """The message a payload carries; PayloadError when it is not one."""
+    try:
+        data = json.loads(payload)
+    except ValueError as error:
+        raise PayloadError(f"not JSON: {error}") from None
+    if type(data) is not dict:
+        raise PayloadError("expected a JSON object")
+    replica, number, accepted_at, items = (data.get(k) for k in ("r", "n", "t", "i"))
+    if type(replica) is not str or not replica:
+        raise PayloadError("expected a replica id")
+    if type(number) is not int or type(items) is not list:
+        raise PayloadError("expected a payload number and a list of Increments")
+    if not isinstance(accepted_at, int | float) or isinstance(accepted_at, bool):
+        raise PayloadError(f"expected a time, got {accepted_at!r}")
+    return Message(replica, number, float(accepted_at), [_increment(item) for item in items])
