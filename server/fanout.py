@@ -33,7 +33,7 @@ from .counters import Increment
 from .metrics import FanoutMetrics
 from .payload import PayloadError, decode, encode, sender_prefix
 from .store import CapacityError, StatsStore
-from .sync import backoff_delay
+from .sync import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -42,22 +42,7 @@ PUBLISHER_NAME = "proca-stats-fanout-publish"
 BATCH_WINDOW = 0.005  # seconds an Increment may wait for others to share its NOTIFY
 MAX_PENDING = 100_000  # Increments waiting to be published; more are dropped (and counted)
 POLL = 0.5  # seconds the listener waits for messages before it checks whether it must stop
-
-
-class _Retry:
-    """Capped, jittered backoff between connection attempts, shared by both threads."""
-
-    def __init__(self, base: float = 0.1, cap: float = 5.0) -> None:
-        self._base = base
-        self._cap = cap
-        self.failures = 0
-
-    def failed(self) -> float:
-        self.failures += 1
-        return backoff_delay(self.failures, self._base, self._cap)
-
-    def succeeded(self) -> None:
-        self.failures = 0
+RETRY_BASE, RETRY_CAP = 0.1, 5.0  # seconds between connection attempts: doubling, capped
 
 
 class Publisher:
@@ -82,7 +67,7 @@ class Publisher:
         self._stopping = False
         self._number = 0  # of the next payload
         self._conn: psycopg.Connection[TupleRow] | None = None
-        self._retry = _Retry()
+        self._retry = Backoff(RETRY_BASE, RETRY_CAP)
         self._thread = threading.Thread(target=self._run, name="proca-stats-publish", daemon=True)
 
     def publish(self, inc: Increment) -> None:
@@ -176,7 +161,7 @@ class Listener:
         self._missed = missed
         self._stopping = threading.Event()
         self._tried = threading.Event()  # the first connection attempt is over
-        self._retry = _Retry()
+        self._retry = Backoff(RETRY_BASE, RETRY_CAP)
         self._thread = threading.Thread(target=self._run, name="proca-stats-listen", daemon=True)
 
     def start(self) -> None:

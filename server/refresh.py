@@ -292,7 +292,7 @@ class Refresher:
             """The campaign's tally to change by delta, copied on first write."""
             if campaign_id not in touched:
                 touched.add(campaign_id)
-                tallies[campaign_id] = _copy(tallies.get(campaign_id) or CampaignTally())
+                tallies[campaign_id] = (tallies.get(campaign_id) or CampaignTally()).copy()
             return tallies[campaign_id]
 
         for key in keys:
@@ -327,7 +327,7 @@ class Refresher:
         for campaign_id in changed | (tallies.keys() - figures.keys()):
             if campaign_id in tallies:
                 if campaign_id not in touched and campaign_id not in recount:
-                    tallies[campaign_id] = _copy(tallies[campaign_id])
+                    tallies[campaign_id] = tallies[campaign_id].copy()
                 tallies[campaign_id].extra = extra.get(campaign_id, {})
                 figures[campaign_id] = tallies[campaign_id].counters()
         state = _State(
@@ -372,14 +372,3 @@ def _touched(
         if is_action:
             kinds[campaign_id, action_type, counts] += 1
     return keys, kinds
-
-
-def _copy(tally: CampaignTally) -> CampaignTally:
-    """A tally to change without touching the one the held snapshot's figures came from."""
-    return CampaignTally(
-        tally.supporters,
-        dict(tally.by_org),
-        dict(tally.by_area),
-        dict(tally.actions),
-        dict(tally.extra),
-    )

@@ -35,6 +35,23 @@ def backoff_delay(failures: int, base: float, cap: float) -> float:
     return delay * random.uniform(0.5, 1.0)
 
 
+class Backoff:
+    """The failures in a row of one thread's attempts, and how long to wait after the last."""
+
+    def __init__(self, base: float, cap: float) -> None:
+        self._base = base
+        self._cap = cap
+        self.failures = 0
+
+    def failed(self) -> float:
+        """Count a failure; the seconds to wait before the next attempt."""
+        self.failures += 1
+        return backoff_delay(self.failures, self._base, self._cap)
+
+    def succeeded(self) -> None:
+        self.failures = 0
+
+
 class SyncListener(Protocol):
     """Where the sync's results go: the store (through the app) and the metrics.
 
@@ -68,8 +85,7 @@ class SyncWorker:
         self._listener = listener
         self._interval = interval
         self._increments_before = increments_before
-        self._retry_base = retry_base
-        self._retry_cap = retry_cap
+        self._retry = Backoff(retry_base, retry_cap)
         self._wake = threading.Event()
         self._full_requested = False
         self._stopping = False
@@ -96,15 +112,13 @@ class SyncWorker:
             self._refresher.close()
 
     def _run(self) -> None:
-        failures = 0
         while not self._stopping:
             self._wake.clear()
             if self._attempt():
-                failures = 0
+                self._retry.succeeded()
                 delay = self._interval or None  # None: only when requested
             else:
-                failures += 1
-                delay = backoff_delay(failures, self._retry_base, self._retry_cap)
+                delay = self._retry.failed()
                 log.warning("keeping the last figures; next try in %.1f s", delay)
             self._wake.wait(delay)
 

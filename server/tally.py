@@ -58,6 +58,16 @@ class CampaignTally:
     def count_actions(self, action_type: str, n: int) -> None:
         _add(self.actions, action_type, n)
 
+    def copy(self) -> CampaignTally:
+        """A tally to change without touching this one (whose counters may be out)."""
+        return CampaignTally(
+            self.supporters,
+            dict(self.by_org),
+            dict(self.by_area),
+            dict(self.actions),
+            dict(self.extra),
+        )
+
     def counters(self) -> CampaignCounters:
         """The published figures: extra supporters added to the total and to their org.
 
