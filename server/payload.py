@@ -14,7 +14,7 @@ the delivery-latency histogram. PostgreSQL refuses payloads of 8000 bytes or
 more, so a batch is split into as many payloads as it needs.
 
 Anyone who may NOTIFY on the channel can send a payload, so decoding checks
-every field as strictly as the Increment RPC does and refuses the whole
+every field with the Increment RPC's own validation and refuses the whole
 payload otherwise.
 """
 
@@ -25,8 +25,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from proca_stats.client.v1 import stats_pb2
+
 from .counters import Increment
-from .validation import MAX_ACTION_TYPE_LENGTH, MAX_AREA_LENGTH
+from .validation import increment_from
 
 MAX_PAYLOAD_BYTES = 7999  # PostgreSQL: "payload string too long" from 8000 on
 
@@ -100,32 +102,38 @@ def encode(
     return payloads
 
 
-def _positive(value: Any) -> int:
-    if type(value) is not int or value <= 0:
-        raise PayloadError(f"expected an id > 0, got {value!r}")
-    return value
-
-
-def _text(value: Any, low: int, high: int) -> str:
-    if type(value) is not str or not low <= len(value) <= high or "\x00" in value:
-        raise PayloadError(f"expected {low}..{high} characters without NUL, got {value!r}")
-    return value
-
-
 def _increment(fields: Any) -> Increment:
+    """The Increment a payload item reports.
+
+    JSON has no types of its own, so their shape is checked here; the rules of
+    the contract are the Increment RPC's own validation (``increment_from``).
+    """
     if type(fields) is not list or len(fields) != 6:
         raise PayloadError(f"expected an Increment of 6 fields, got {fields!r}")
     campaign, org, action_type, area, new, action = fields
-    if new not in (0, 1) or type(new) is not int:
-        raise PayloadError(f"expected new_supporter 0 or 1, got {new!r}")
-    return Increment(
-        campaign_id=_positive(campaign),
-        org_id=_positive(org),
-        action_type=_text(action_type, 1, MAX_ACTION_TYPE_LENGTH),
-        area=None if area is None else _text(area, 1, MAX_AREA_LENGTH),
-        new_supporter=bool(new),
-        action_id=None if action is None else _positive(action),
-    )
+    if not (
+        type(campaign) is int
+        and type(org) is int
+        and type(action_type) is str
+        and (area is None or (type(area) is str and area))
+        and type(new) is int
+        and new in (0, 1)
+        and (action is None or type(action) is int)
+    ):
+        raise PayloadError(f"expected an Increment's fields, got {fields!r}")
+    try:
+        return increment_from(
+            stats_pb2.IncrementRequest(
+                campaign_id=campaign,
+                org_id=org,
+                action_type=action_type,
+                area=area,
+                new_supporter=bool(new),
+                action_id=action,
+            )
+        )
+    except ValueError as error:  # out of int64's range, or a rule broken (ValidationError)
+        raise PayloadError(f"not a valid Increment: {error}") from None
 
 
 def decode(payload: str) -> Message:
