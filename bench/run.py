@@ -235,7 +235,7 @@ def incremental(url: str, full_seconds: float, sizes: list[int], rounds: int) ->
                 seconds = statistics.median(times)
                 say(
                     f"  N = {n:>7,}: {seconds:7.3f} s = {seconds / full_seconds:6.1%} of a full"
-                    f" calculation (runs {_runs(times)}; {report.keys:,} keys,"
+                    f" calculation (runs {_runs(times)}; {report.kind}: {report.keys:,} keys,"
                     f" {report.recounted} campaigns recounted; each equal to a full calculation)"
                 )
         finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 
 import psycopg
 import pytest
@@ -10,8 +11,8 @@ from psycopg_pool import ConnectionPool
 
 from proca_stats.server.calculation import calculate
 from proca_stats.server.counters import CampaignCounters
-from proca_stats.server.refresh import Refresher
-from tests.proca_data import ProcaData
+from proca_stats.server.refresh import MANY_CHANGES, Refresher
+from tests.proca_data import BASE_TIME, ProcaData
 
 
 @pytest.fixture
@@ -87,5 +88,43 @@ def test_deletes_are_left_to_the_safety_net(
         after, kind = refresh(refresher)
         assert kind == "full"
         assert after == full(database_url) != before
+    finally:
+        refresher.close()
+
+
+def test_many_changes_make_a_full_calculation(
+    db: ProcaData, pool: ConnectionPool, database_url: str
+) -> None:
+    """Past MANY_CHANGES changed rows a full calculation costs less than a refresh, and gives the
+    same figures."""
+    org = db.org()
+    campaign = db.campaign(org)
+    page = db.page(campaign, org)
+    db.person(campaign, page, b"fred")
+    refresher = Refresher(pool, connect_timeout=5, full_interval=0, slow_interval=0, overlap=0)
+    try:
+        refresh(refresher)
+        # New supporters and their actions, stamped a second apart (a refresh reads again the
+        # rows stamped with the newest time it saw, and only those).
+        db.conn.execute(
+            """INSERT INTO supporters (campaign_id, action_page_id, fingerprint,
+                                       processing_status, dupe_rank, updated_at)
+               SELECT %(c)s, %(p)s, int4send(g), 3, 0, %(at)s - make_interval(secs => g)
+               FROM generate_series(1, %(n)s) g""",
+            {"c": campaign, "p": page, "n": MANY_CHANGES + 1, "at": BASE_TIME},
+        )
+        db.conn.execute(
+            """INSERT INTO actions (supporter_id, action_type, campaign_id, action_page_id,
+                                    processing_status, inserted_at, updated_at)
+               SELECT id, 'petition', %(c)s, %(p)s, 3, updated_at, updated_at + interval '1 day'
+               FROM supporters WHERE fingerprint <> 'fred'""",
+            {"c": campaign, "p": page},
+        )
+        figures, kind = refresh(refresher)
+        assert kind == "full"
+        assert figures == full(database_url)
+        assert figures[campaign].supporters == MANY_CHANGES + 2
+        db.person(campaign, page, b"gina", at=BASE_TIME + timedelta(days=2))
+        assert refresh(refresher) == (full(database_url), "incremental")
     finally:
         refresher.close()
