@@ -29,12 +29,13 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent import futures
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from serving import free_port
 
 METHOD = "/bench.Streams/Watch"
+T = TypeVar("T")
 PAYLOAD = b"x" * 60  # about the size of a WatchStatsResponse
 
 
@@ -66,15 +67,21 @@ class Meter:
         return sum(os.times()[:2]), self.sent
 
 
-def paced(items: list[Any], tick: Callable[[Any], None], meter: Meter) -> None:
-    """Give each item one tick a second, evenly spread (threaded models)."""
+def deadlines(items: list[T]) -> Iterator[tuple[T, float]]:
+    """Each item once a second, evenly spread, forever: the item and when to tick the next."""
     gap = 1.0 / len(items)
     while True:
         second = time.monotonic()
         for n, item in enumerate(items):
-            tick(item)
-            meter.sent += 1
-            time.sleep(max(0.0, second + (n + 1) * gap - time.monotonic()))
+            yield item, second + (n + 1) * gap
+
+
+def paced(items: list[Any], tick: Callable[[Any], None], meter: Meter) -> None:
+    """Tick the items on schedule (threaded models)."""
+    for item, next_at in deadlines(items):
+        tick(item)
+        meter.sent += 1
+        time.sleep(max(0.0, next_at - time.monotonic()))
 
 
 def threaded(model: str, port: int, meter: Meter) -> None:
@@ -140,13 +147,10 @@ async def asyncio_model(port: int, meter: Meter) -> None:
             yield PAYLOAD
 
     async def pace() -> None:
-        gap = 1.0 / len(events)
-        while True:
-            second = time.monotonic()
-            for n, changed in enumerate(events):
-                changed.set()
-                meter.sent += 1
-                await asyncio.sleep(max(0.0, second + (n + 1) * gap - time.monotonic()))
+        for changed, next_at in deadlines(events):
+            changed.set()
+            meter.sent += 1
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
 
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((handler(watch),))

@@ -254,16 +254,16 @@ class Refresher:
         started: float,
     ) -> tuple[_State, RefreshReport]:
         with self._reading(snapshot_id) as cur:
-            statuses: dict[int, int] = dict(cur.execute(CAMPAIGNS).fetchall())
-            pages = read_pages(cur)
             actions, actions_mark = _changed(cur, CHANGED_ACTIONS, old.actions_mark, self._overlap)
             supporters, supporters_mark = _changed(
                 cur, CHANGED_SUPPORTERS, old.supporters_mark, self._overlap
             )
             many = _many(cur, len(actions) + len(supporters))
             if not many:
+                statuses: dict[int, int] = dict(cur.execute(CAMPAIGNS).fetchall())
+                pages = read_pages(cur)
                 new_keys, new_actions = _touched(cur, actions, supporters)
-        if many:
+        if many:  # the full calculation reads campaigns and pages itself
             return self._full(keeper, snapshot_id, started)
 
         # Campaigns recounted whole: new, just live again, or whose pages moved.
