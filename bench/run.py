@@ -49,7 +49,7 @@ from proca_stats.server.calculation import calculate
 from proca_stats.server.config import DEFAULT_CHANGE_OVERLAP_MS, DEFAULT_SLOW_SYNC_INTERVAL_MS
 from proca_stats.server.counters import CampaignCounters
 from proca_stats.server.database import create_recommended_indexes, init_schema
-from proca_stats.server.refresh import Refresher
+from proca_stats.server.refresh import CONNECTIONS, Refresher
 
 HERE = Path(__file__).resolve().parent
 GET_STATS = "/proca.stats.v1.StatsService/GetStats"
@@ -203,7 +203,7 @@ def incremental(url: str, full_seconds: float, sizes: list[int], rounds: int) ->
         f" median of {rounds} rounds"
     )
     rng = random.Random(4)
-    with ConnectionPool(url, min_size=1, max_size=3) as pool:
+    with ConnectionPool(url, min_size=1, max_size=CONNECTIONS) as pool:
         # The server's defaults: closed and ignored campaigns wait for the slow refresh.
         refresher = Refresher(
             pool,

@@ -18,7 +18,7 @@ from .fanout import Fanout
 from .handlers import Interceptor
 from .handover import Lookup, swap_in
 from .metrics import Metrics, MetricsInterceptor
-from .refresh import Refresher
+from .refresh import CONNECTIONS, Refresher
 from .service import ANSWERED_WITH_BYTES, SERVICE, StatsServicer, add_stats_service
 from .store import StatsStore
 from .sync import SyncWorker
@@ -61,9 +61,8 @@ class StatsServer:
         self._pool = ConnectionPool(
             # Calculations only read: they may use a read replica. LISTEN/NOTIFY needs the primary.
             config.sync_database_url or database_url,
-            # Two keep snapshots (the held one and the next), one reads in them.
             min_size=1,
-            max_size=3,
+            max_size=CONNECTIONS,  # all a Refresher holds at once
             open=False,
             name="proca-stats-sync",
             # A connection broken while idle (database restarted) is replaced, not used.

@@ -19,7 +19,7 @@ from proca_stats.client import StatsClient
 from proca_stats.server.app import StatsServer
 from proca_stats.server.counters import CampaignCounters, Increment
 from proca_stats.server.handover import swap_in
-from proca_stats.server.refresh import Refresher
+from proca_stats.server.refresh import CONNECTIONS, Refresher
 from proca_stats.server.store import StatsStore
 from tests.conftest import resync, wait_for
 from tests.proca_data import ProcaData
@@ -125,7 +125,7 @@ def test_increments_arriving_between_the_look_up_and_the_swap_are_applied(
     """The store refuses a swap prepared before the latest arrival; the newcomer is handled."""
     org, campaign, page = world
     store = StatsStore()
-    pool = ConnectionPool(database_url, min_size=1, max_size=3, open=True)
+    pool = ConnectionPool(database_url, min_size=1, max_size=CONNECTIONS, open=True)
     refresher = Refresher(pool, connect_timeout=5, full_interval=0, slow_interval=0, overlap=60)
     try:
         snapshot, _ = refresher.run(increments_before=store.arrivals())

@@ -11,13 +11,19 @@ from psycopg_pool import ConnectionPool
 
 from proca_stats.server.calculation import calculate
 from proca_stats.server.counters import CampaignCounters
-from proca_stats.server.refresh import MANY_CHANGES, Refresher
+from proca_stats.server.refresh import (
+    CONNECTIONS,
+    LOOKUP_CONNECTIONS,
+    LOOKUP_PART,
+    MANY_CHANGES,
+    Refresher,
+)
 from tests.proca_data import BASE_TIME, ProcaData
 
 
 @pytest.fixture
 def pool(database_url: str) -> Iterator[ConnectionPool]:
-    with ConnectionPool(database_url, min_size=1, max_size=3) as opened:
+    with ConnectionPool(database_url, min_size=1, max_size=CONNECTIONS) as opened:
         yield opened
 
 
@@ -126,5 +132,57 @@ def test_many_changes_make_a_full_calculation(
         assert figures[campaign].supporters == MANY_CHANGES + 2
         db.person(campaign, page, b"gina", at=BASE_TIME + timedelta(days=2))
         assert refresh(refresher) == (full(database_url), "incremental")
+    finally:
+        refresher.close()
+
+
+def test_many_keys_are_looked_up_on_several_connections(
+    db: ProcaData, pool: ConnectionPool, database_url: str
+) -> None:
+    """A large key set is split over connections; together they give a full calculation's
+    figures, with keys that changed org, stopped counting, or did not change."""
+    org, other_org = db.org(), db.org()
+    campaign = db.campaign(org)
+    page, other_page = db.page(campaign, org), db.page(campaign, other_org)
+    people = LOOKUP_CONNECTIONS * LOOKUP_PART
+    db.conn.execute(
+        """INSERT INTO supporters (campaign_id, action_page_id, fingerprint,
+                                   processing_status, dupe_rank, area, updated_at)
+           SELECT %(c)s, %(p)s, int4send(g), 3, 0, 'A' || g %% 3, %(at)s - make_interval(secs => g)
+           FROM generate_series(1, %(n)s) g""",
+        {"c": campaign, "p": page, "n": people, "at": BASE_TIME},
+    )
+    db.conn.execute(
+        """INSERT INTO actions (supporter_id, action_type, campaign_id, action_page_id,
+                                processing_status, inserted_at, updated_at)
+           SELECT id, 'petition', %(c)s, %(p)s, 3, updated_at, updated_at FROM supporters""",
+        {"c": campaign, "p": page},
+    )
+    refresher = Refresher(pool, connect_timeout=5, full_interval=0, slow_interval=0, overlap=0)
+    try:
+        refresh(refresher)
+        changed = BASE_TIME + timedelta(days=1)
+        # Everyone acted again on the other org's page: every other person's new action was
+        # inserted first (it moves them to the other org); every third one's first was rejected.
+        db.conn.execute(
+            """INSERT INTO actions (supporter_id, action_type, campaign_id, action_page_id,
+                                    processing_status, inserted_at, updated_at)
+               SELECT id, 'petition', %(c)s, %(p)s, 3,
+                      updated_at + CASE WHEN id %% 2 = 0 THEN -1 ELSE 1 END * interval '1 hour',
+                      %(at)s
+               FROM supporters""",
+            {"c": campaign, "p": other_page, "at": changed},
+        )
+        db.conn.execute(
+            """UPDATE actions SET processing_status = 2, updated_at = %(at)s
+               WHERE action_page_id = %(p)s AND supporter_id %% 3 = 0""",
+            {"p": page, "at": changed},
+        )
+        snapshot, report = refresher.run()
+        refresher.settle()
+        assert (report.kind, report.lookup_connections) == ("incremental", LOOKUP_CONNECTIONS)
+        assert snapshot.campaigns == full(database_url)
+        by_org = snapshot.campaigns[campaign].supporters_by_org
+        assert by_org[org] < people // 2 < by_org[other_org]  # the figures did move
     finally:
         refresher.close()

@@ -26,7 +26,7 @@ from psycopg_pool import ConnectionPool
 
 from proca_stats.server.calculation import calculate
 from proca_stats.server.counters import CampaignCounters
-from proca_stats.server.refresh import Refresher
+from proca_stats.server.refresh import CONNECTIONS, Refresher
 
 BASE = datetime(2026, 3, 1, 9, 0, 0)
 FINGERPRINTS = [b"ann", b"ben", b"cat", b"dan"]
@@ -271,7 +271,7 @@ def apply(proca: Proca, change: tuple[object, ...]) -> bool:
 
 @pytest.fixture
 def pool(database_url: str) -> Iterator[ConnectionPool]:
-    with ConnectionPool(database_url, min_size=1, max_size=3) as opened:
+    with ConnectionPool(database_url, min_size=1, max_size=CONNECTIONS) as opened:
         yield opened
 
 
