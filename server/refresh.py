@@ -43,11 +43,12 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 import psycopg
 from psycopg.rows import TupleRow
@@ -68,7 +69,7 @@ from .calculation import (
     read_pages,
 )
 from .counters import CampaignCounters, Snapshot
-from .tally import CampaignTally, Credit
+from .tally import CampaignTally
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,8 @@ SEEN = "SELECT id FROM actions WHERE id = ANY(%b)"
 # LOOKUP_PART keys, on at most LOOKUP_CONNECTIONS connections.
 LOOKUP_CONNECTIONS = 4
 LOOKUP_PART = 128
+P = TypeVar("P")  # a part of what is read
+A = TypeVar("A")  # the answer about it
 # The most connections a Refresher holds at once: two keep snapshots (the held one and
 # the next), one reads in them, and the look-ups add up to LOOKUP_CONNECTIONS - 1.
 CONNECTIONS = 3 + LOOKUP_CONNECTIONS - 1
@@ -229,40 +232,35 @@ class Refresher:
         assert self._work is not None
         return read_in(self._work, snapshot_id, self._timeout_ms)
 
-    def _credits(
-        self, keys: Collection[Key], *snapshot_ids: str
-    ) -> tuple[list[dict[Key, Credit]], int]:
-        """Where each key's supporter is credited in each snapshot, and on how many
-        connections that was looked up: the reading one, and pool connections for the
-        other parts of a large key set (see LOOKUP_CONNECTIONS). Each connection asks
-        the snapshots in turn about its part, the later ones finding its pages read."""
+    def _ask(
+        self, parts: Sequence[P], ask: Callable[[Cursor, P], A], *snapshot_ids: str
+    ) -> list[list[A]]:
+        """``ask`` each snapshot about each part, the parts on as many connections at once
+        (the reading one, and pool connections for the others). Each connection asks the
+        snapshots in turn about its part, the later ones finding its pages read. The
+        answers, by snapshot then part."""
         assert self._work is not None
-        ordered = sorted(keys)
-        count = max(1, min(LOOKUP_CONNECTIONS, len(ordered) // LOOKUP_PART))
 
-        def look_up(
-            part: Sequence[Key], conn: psycopg.Connection[TupleRow]
-        ) -> list[dict[Key, Credit]]:
-            credits = []
+        def on(conn: psycopg.Connection[TupleRow], part: P) -> list[A]:
+            answers = []
             for snapshot_id in snapshot_ids:
                 with read_in(conn, snapshot_id, self._timeout_ms) as cur:
-                    credits.append(key_credits(cur, part))
-            return credits
+                    answers.append(ask(cur, part))
+            return answers
 
-        def look_up_on_pool(part: Sequence[Key]) -> list[dict[Key, Credit]]:
+        def on_pool(part: P) -> list[A]:
             with self._pool.connection(timeout=self._connect_timeout) as conn:
-                return look_up(part, conn)
+                return on(conn, part)
 
-        if count == 1:
-            return look_up(ordered, self._work), 1
-        parts = [ordered[i::count] for i in range(count)]
-        with ThreadPoolExecutor(count - 1, thread_name_prefix="proca-stats-lookup") as threads:
-            others = [threads.submit(look_up_on_pool, part) for part in parts[1:]]
-            credits = look_up(parts[0], self._work)
-            for other in others:
-                for whole, part_credits in zip(credits, other.result(), strict=True):
-                    whole.update(part_credits)
-        return credits, count
+        if len(parts) == 1:
+            by_part = [on(self._work, parts[0])]
+        else:
+            with ThreadPoolExecutor(
+                len(parts) - 1, thread_name_prefix="proca-stats-read"
+            ) as threads:
+                others = [threads.submit(on_pool, part) for part in parts[1:]]
+                by_part = [on(self._work, parts[0])] + [other.result() for other in others]
+        return [list(answers) for answers in zip(*by_part, strict=True)]
 
     def _release(self, conn: psycopg.Connection[TupleRow]) -> None:
         try:
@@ -302,9 +300,13 @@ class Refresher:
             if not many:
                 statuses: dict[int, int] = dict(cur.execute(CAMPAIGNS).fetchall())
                 pages = read_pages(cur)
-                new_keys, new_actions = _touched(cur, actions, supporters)
         if many:  # the full calculation reads campaigns and pages itself
             return self._full(keeper, snapshot_id, started)
+        count = _parts(len(actions) + len(supporters))
+        changed_parts = list(zip(_split(actions, count), _split(supporters, count), strict=True))
+        new_touched, old_touched = self._ask(changed_parts, _touched, snapshot_id, old.snapshot_id)
+        new_keys, new_actions = _together(new_touched)
+        old_keys, old_actions = _together(old_touched)
 
         # Campaigns recounted whole: new, just live again, or whose pages moved.
         recount = {c for c, s in statuses.items() if s == LIVE and old.statuses.get(c) != LIVE}
@@ -322,21 +324,24 @@ class Refresher:
                 and old.statuses.get(campaign_id) == LIVE
             )
 
-        with self._reading(old.snapshot_id) as cur:
-            old_keys, old_actions = _touched(cur, actions, supporters)
-            keys = new_keys | old_keys
-            # Closed and ignored campaigns with changes wait for the slow refresh.
-            affected = {k[0] for k in keys} | {c for c, _, _ in (*old_actions, *new_actions)}
-            self._stale |= {c for c in affected if c not in recount and c in statuses}
-            self._stale -= {c for c in affected if by_delta(c)}
-            if slow_due:
-                recount |= self._stale
-                self._stale = set()
-                self._last_slow = started
-            recount &= statuses.keys()
-            self._stale -= recount
-            keys = {k for k in keys if by_delta(k[0])}
-        (before, after), lookup_connections = self._credits(keys, old.snapshot_id, snapshot_id)
+        keys = new_keys | old_keys
+        # Closed and ignored campaigns with changes wait for the slow refresh.
+        affected = {k[0] for k in keys} | {c for c, _, _ in (*old_actions, *new_actions)}
+        self._stale |= {c for c in affected if c not in recount and c in statuses}
+        self._stale -= {c for c in affected if by_delta(c)}
+        if slow_due:
+            recount |= self._stale
+            self._stale = set()
+            self._last_slow = started
+        recount &= statuses.keys()
+        self._stale -= recount
+        keys = {k for k in keys if by_delta(k[0])}
+        ordered = sorted(keys)
+        key_parts = _split(ordered, _parts(len(ordered)))
+        before, after = (
+            {key: credit for part in answers for key, credit in part.items()}
+            for answers in self._ask(key_parts, key_credits, old.snapshot_id, snapshot_id)
+        )
         recounted = {}
         if recount:
             with self._reading(snapshot_id) as cur:
@@ -396,7 +401,7 @@ class Refresher:
             len(supporters),
             len(keys),
             len(recount),
-            lookup_connections=lookup_connections,
+            lookup_connections=len(key_parts),
         )
         return state, report
 
@@ -427,10 +432,22 @@ def _many(cur: psycopg.Cursor[TupleRow], changed: int) -> bool:
 ActionKind = tuple[int, str, bool]  # (campaign id, action type, whether it counts)
 
 
+def _parts(size: int) -> int:
+    """Into how many parts ``size`` rows or keys to read are split (see LOOKUP_CONNECTIONS)."""
+    return max(1, min(LOOKUP_CONNECTIONS, size // LOOKUP_PART))
+
+
+def _split(items: list[P], count: int) -> list[list[P]]:
+    """``items`` dealt into ``count`` parts."""
+    return [items[i::count] for i in range(count)]
+
+
 def _touched(
-    cur: psycopg.Cursor[TupleRow], actions: list[int], supporters: list[int]
+    cur: psycopg.Cursor[TupleRow], changed: tuple[list[int], list[int]]
 ) -> tuple[set[Key], Counter[ActionKind]]:
-    """The keys the changed rows make counted pairs in, and the changed actions by kind."""
+    """The keys the changed rows (action ids, supporter ids) make counted pairs in, and the
+    changed actions by kind."""
+    actions, supporters = changed
     keys: set[Key] = set()
     kinds: Counter[ActionKind] = Counter()
     if not actions and not supporters:
@@ -441,4 +458,16 @@ def _touched(
             keys.add((campaign_id, bytes(fingerprint)))
         if is_action:
             kinds[campaign_id, action_type, counts] += 1
+    return keys, kinds
+
+
+def _together(
+    parts: list[tuple[set[Key], Counter[ActionKind]]],
+) -> tuple[set[Key], Counter[ActionKind]]:
+    """The parts' touched keys and changed actions, as one."""
+    keys: set[Key] = set()
+    kinds: Counter[ActionKind] = Counter()
+    for part_keys, part_kinds in parts:
+        keys |= part_keys
+        kinds.update(part_kinds)
     return keys, kinds
