@@ -63,14 +63,28 @@ def say(text: str = "") -> None:
 # --- the data set -------------------------------------------------------------------------
 
 
-def build(admin_url: str, name: str, supporters: int, actions: int, campaigns: int) -> str:
-    """A fresh database holding the data set; returns its URL."""
+def drop_database(admin_url: str, name: str) -> None:
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
         )
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = make_conninfo(admin_url, dbname=name)
+
+
+def create_database(admin_url: str, name: str, template: str = "template1") -> str:
+    """A new database (a copy of ``template``) in place of any of that name; returns its URL."""
+    drop_database(admin_url, name)
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(name), sql.Identifier(template)
+            )
+        )
+    return make_conninfo(admin_url, dbname=name)
+
+
+def build(admin_url: str, name: str, supporters: int, actions: int, campaigns: int) -> str:
+    """A fresh database holding the data set; returns its URL."""
+    url = create_database(admin_url, name)
     init_schema(url)
     script = (HERE / "dataset.sql").read_text()
     values = {"supporters": supporters, "actions": actions, "campaigns": campaigns}
@@ -197,11 +211,22 @@ def change_actions(url: str, n: int, rng: random.Random) -> None:
         )
 
 
-def incremental(url: str, full_seconds: float, sizes: list[int], rounds: int) -> None:
+def incremental(
+    admin_url: str, name: str, full_seconds: float, sizes: list[int], rounds: int
+) -> None:
+    """Refreshes after changes to a copy of the data set (so that --reuse finds it unchanged)."""
     say(
         "\n2. Incremental refresh after N changed actions (half new, half status changes),"
         f" median of {rounds} rounds"
     )
+    url = create_database(admin_url, name + "_changed", template=name)
+    try:
+        _refreshes(url, full_seconds, sizes, rounds)
+    finally:
+        drop_database(admin_url, name + "_changed")
+
+
+def _refreshes(url: str, full_seconds: float, sizes: list[int], rounds: int) -> None:
     rng = random.Random(4)
     with ConnectionPool(url, min_size=1, max_size=CONNECTIONS) as pool:
         # The server's defaults: closed and ignored campaigns wait for the slow refresh.
@@ -392,10 +417,7 @@ def memory(admin_url: str, name: str) -> None:
         f"  peak RSS {int(peak[1]) / 1024:.0f} MiB,"
         f" RSS after the first calculation {int(rss[1]) / 1024:.0f} MiB"
     )
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
+    drop_database(admin_url, name)
 
 
 def main() -> None:
@@ -432,7 +454,7 @@ def main() -> None:
         full_calculation(url, args.rounds) if "full" not in args.skip else timed(lambda: ours(url))
     )
     if "incremental" not in args.skip:
-        incremental(url, full_seconds, [1, 1_000, 100_000], args.rounds)
+        incremental(args.database_url, args.name, full_seconds, [1, 1_000, 100_000], args.rounds)
     if "load" not in args.skip:
         load(url, args.load_seconds, args.clients, args.streams, args.rounds)
     if "memory" not in args.skip:

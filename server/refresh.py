@@ -19,7 +19,7 @@ takes a new one (N) and:
 
 A refresh costs in proportion to the rows changed; past a point a full
 calculation costs less (on the benchmark's 1,500,000 actions, 1,000 changed
-rows cost 3 to 12 % of one and 100,000 about twice one), so when more rows
+rows cost 3 to 5 % of one and 100,000 about twice one), so when more rows
 changed than ``MANY_CHANGES`` and than ``MANY_CHANGES_SHARE`` of the actions
 table, the refresh is a full calculation in the same new snapshot.
 
