@@ -52,7 +52,7 @@ from typing import TypeVar
 
 import psycopg
 from psycopg.rows import TupleRow
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from .calculation import (
     CAMPAIGNS,
@@ -109,6 +109,9 @@ SEEN = "SELECT id FROM actions WHERE id = ANY(%b)"
 # LOOKUP_PART keys, on at most LOOKUP_CONNECTIONS connections.
 LOOKUP_CONNECTIONS = 4
 LOOKUP_PART = 128
+# How long a part waits for a pool connection before it is read on the reading one, after
+# the others: a database that refuses more connections slows a refresh, it does not fail it.
+LOOKUP_WAIT = 1.0
 P = TypeVar("P")  # a part of what is read
 A = TypeVar("A")  # the answer about it
 # The most connections a Refresher holds at once: two keep snapshots (the held one and
@@ -126,7 +129,7 @@ class RefreshReport:
     keys: int = 0
     recounted: int = 0
     seconds: float = 0.0
-    lookup_connections: int = 0  # how many connections looked the keys up
+    key_parts: int = 0  # into how many parts the keys were split, each read on its own connection
 
 
 @dataclass
@@ -248,18 +251,23 @@ class Refresher:
                     answers.append(ask(cur, part))
             return answers
 
-        def on_pool(part: P) -> list[A]:
-            with self._pool.connection(timeout=self._connect_timeout) as conn:
+        def on_pool(part: P) -> list[A] | None:
+            """None when the pool has no connection to spare (the database refuses more, say)."""
+            try:
+                conn = self._pool.getconn(timeout=LOOKUP_WAIT)
+            except PoolTimeout:
+                return None
+            try:
                 return on(conn, part)
+            finally:
+                self._pool.putconn(conn)
 
-        if len(parts) == 1:
+        with ThreadPoolExecutor(max(1, len(parts) - 1), "proca-stats-read") as threads:
+            others = [threads.submit(on_pool, part) for part in parts[1:]]
             by_part = [on(self._work, parts[0])]
-        else:
-            with ThreadPoolExecutor(
-                len(parts) - 1, thread_name_prefix="proca-stats-read"
-            ) as threads:
-                others = [threads.submit(on_pool, part) for part in parts[1:]]
-                by_part = [on(self._work, parts[0])] + [other.result() for other in others]
+            for other, part in zip(others, parts[1:], strict=True):
+                answers = other.result()
+                by_part.append(on(self._work, part) if answers is None else answers)
         return [list(answers) for answers in zip(*by_part, strict=True)]
 
     def _release(self, conn: psycopg.Connection[TupleRow]) -> None:
@@ -401,7 +409,7 @@ class Refresher:
             len(supporters),
             len(keys),
             len(recount),
-            lookup_connections=len(key_parts),
+            key_parts=len(key_parts),
         )
         return state, report
 

@@ -136,11 +136,11 @@ def test_many_changes_make_a_full_calculation(
         refresher.close()
 
 
-def test_many_keys_are_looked_up_on_several_connections(
-    db: ProcaData, pool: ConnectionPool, database_url: str
-) -> None:
-    """A large key set is split over connections; together they give a full calculation's
-    figures, with keys that changed org, stopped counting, or did not change."""
+@pytest.mark.parametrize("spare", [True, False], ids=["spare connections", "none to spare"])
+def test_many_keys_are_looked_up_in_parts(db: ProcaData, database_url: str, spare: bool) -> None:
+    """A large key set is split in parts, read on several connections at once, or one after
+    the other when the pool has none to spare; the figures are a full calculation's either
+    way, with keys that changed org, stopped counting, or did not change."""
     org, other_org = db.org(), db.org()
     campaign = db.campaign(org)
     page, other_page = db.page(campaign, org), db.page(campaign, other_org)
@@ -158,6 +158,8 @@ def test_many_keys_are_looked_up_on_several_connections(
            SELECT id, 'petition', %(c)s, %(p)s, 3, updated_at, updated_at FROM supporters""",
         {"c": campaign, "p": page},
     )
+    # Without spare connections: the two that keep snapshots and the one that reads in them.
+    pool = ConnectionPool(database_url, min_size=1, max_size=CONNECTIONS if spare else 3, open=True)
     refresher = Refresher(pool, connect_timeout=5, full_interval=0, slow_interval=0, overlap=0)
     try:
         refresh(refresher)
@@ -180,9 +182,10 @@ def test_many_keys_are_looked_up_on_several_connections(
         )
         snapshot, report = refresher.run()
         refresher.settle()
-        assert (report.kind, report.lookup_connections) == ("incremental", LOOKUP_CONNECTIONS)
+        assert (report.kind, report.key_parts) == ("incremental", LOOKUP_CONNECTIONS)
         assert snapshot.campaigns == full(database_url)
         by_org = snapshot.campaigns[campaign].supporters_by_org
         assert by_org[org] < people // 2 < by_org[other_org]  # the figures did move
     finally:
         refresher.close()
+        pool.close()
