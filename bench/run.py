@@ -219,11 +219,12 @@ def incremental(
         "\n2. Incremental refresh after N changed actions (half new, half status changes),"
         f" median of {rounds} rounds"
     )
-    url = create_database(admin_url, name + "_changed", template=name)
+    copy = name + "_changed"
+    url = create_database(admin_url, copy, template=name)
     try:
         _refreshes(url, full_seconds, sizes, rounds)
     finally:
-        drop_database(admin_url, name + "_changed")
+        drop_database(admin_url, copy)
 
 
 def _refreshes(url: str, full_seconds: float, sizes: list[int], rounds: int) -> None:

@@ -32,6 +32,29 @@ def full(database_url: str) -> dict[int, CampaignCounters]:
         return calculate(conn).campaigns
 
 
+def add_people(
+    db: ProcaData, campaign: int, page: int, count: int, *, acted_later: timedelta = timedelta()
+) -> None:
+    """``count`` accepted supporters (areas A0 to A2), each with one accepted action, in one
+    statement. The supporters are stamped a second apart before BASE_TIME (a refresh reads
+    again the rows stamped with the newest time it saw, and only those), their actions
+    ``acted_later``."""
+    db.conn.execute(
+        """WITH added AS (
+               INSERT INTO supporters (campaign_id, action_page_id, fingerprint,
+                                       processing_status, dupe_rank, area, updated_at)
+               SELECT %(c)s, %(p)s, int4send(g), 3, 0, 'A' || g %% 3,
+                      %(at)s - make_interval(secs => g)
+               FROM generate_series(1, %(n)s) g
+               RETURNING id, updated_at)
+           INSERT INTO actions (supporter_id, action_type, campaign_id, action_page_id,
+                                processing_status, inserted_at, updated_at)
+           SELECT id, 'petition', %(c)s, %(p)s, 3, updated_at, updated_at + %(later)s
+           FROM added""",
+        {"c": campaign, "p": page, "n": count, "at": BASE_TIME, "later": acted_later},
+    )
+
+
 def refresh(refresher: Refresher) -> tuple[dict[int, CampaignCounters], str]:
     snapshot, report = refresher.run()
     refresher.settle()
@@ -110,22 +133,7 @@ def test_many_changes_make_a_full_calculation(
     refresher = Refresher(pool, connect_timeout=5, full_interval=0, slow_interval=0, overlap=0)
     try:
         refresh(refresher)
-        # New supporters and their actions, stamped a second apart (a refresh reads again the
-        # rows stamped with the newest time it saw, and only those).
-        db.conn.execute(
-            """INSERT INTO supporters (campaign_id, action_page_id, fingerprint,
-                                       processing_status, dupe_rank, updated_at)
-               SELECT %(c)s, %(p)s, int4send(g), 3, 0, %(at)s - make_interval(secs => g)
-               FROM generate_series(1, %(n)s) g""",
-            {"c": campaign, "p": page, "n": MANY_CHANGES + 1, "at": BASE_TIME},
-        )
-        db.conn.execute(
-            """INSERT INTO actions (supporter_id, action_type, campaign_id, action_page_id,
-                                    processing_status, inserted_at, updated_at)
-               SELECT id, 'petition', %(c)s, %(p)s, 3, updated_at, updated_at + interval '1 day'
-               FROM supporters WHERE fingerprint <> 'fred'""",
-            {"c": campaign, "p": page},
-        )
+        add_people(db, campaign, page, MANY_CHANGES + 1, acted_later=timedelta(days=1))
         figures, kind = refresh(refresher)
         assert kind == "full"
         assert figures == full(database_url)
@@ -145,19 +153,7 @@ def test_many_keys_are_looked_up_in_parts(db: ProcaData, database_url: str, spar
     campaign = db.campaign(org)
     page, other_page = db.page(campaign, org), db.page(campaign, other_org)
     people = LOOKUP_CONNECTIONS * LOOKUP_PART
-    db.conn.execute(
-        """INSERT INTO supporters (campaign_id, action_page_id, fingerprint,
-                                   processing_status, dupe_rank, area, updated_at)
-           SELECT %(c)s, %(p)s, int4send(g), 3, 0, 'A' || g %% 3, %(at)s - make_interval(secs => g)
-           FROM generate_series(1, %(n)s) g""",
-        {"c": campaign, "p": page, "n": people, "at": BASE_TIME},
-    )
-    db.conn.execute(
-        """INSERT INTO actions (supporter_id, action_type, campaign_id, action_page_id,
-                                processing_status, inserted_at, updated_at)
-           SELECT id, 'petition', %(c)s, %(p)s, 3, updated_at, updated_at FROM supporters""",
-        {"c": campaign, "p": page},
-    )
+    add_people(db, campaign, page, people)
     # Without spare connections: the two that keep snapshots and the one that reads in them.
     pool = ConnectionPool(database_url, min_size=1, max_size=CONNECTIONS if spare else 3, open=True)
     refresher = Refresher(pool, connect_timeout=5, full_interval=0, slow_interval=0, overlap=0)
