@@ -11,7 +11,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from psycopg_pool import ConnectionPool
 
-from .auth import TokenAuthInterceptor, load_tokens, read_methods
+from .auth import TokenAuthInterceptor, read_methods
 from .config import ServeConfig, parse_listen
 from .counters import Snapshot
 from .fanout import Fanout
@@ -146,12 +146,10 @@ class StatsServer:
         chain: list[Interceptor] = []
         if config.metrics_listen:
             chain.append(MetricsInterceptor(self.metrics))
-        if config.token_file:
+        if config.tokens:
             chain.append(
                 TokenAuthInterceptor(
-                    load_tokens(config.token_file),
-                    read_methods(SERVICE),
-                    protect_reads=config.protect_reads,
+                    config.tokens, read_methods(SERVICE), protect_reads=config.protect_reads
                 )
             )
         return chain

@@ -40,7 +40,7 @@ from .config import (
     ConfigError,
     Limits,
     ServeConfig,
-    TlsFiles,
+    TlsKeys,
     check_can_listen,
     check_database_url,
     check_exposure,
@@ -58,7 +58,7 @@ from .database import (
 )
 from .logs import configure_logging
 from .messages import campaign_stats
-from .tls import read_pem
+from .tls import read_pem, read_tls
 
 log = logging.getLogger("proca_stats")
 
@@ -82,22 +82,22 @@ def _database_url(args: argparse.Namespace) -> str:
     return start_embedded(args.data_dir)
 
 
-def _path(value: str | None) -> Path | None:
-    return Path(value) if value else None
-
-
-def _tls_files(args: argparse.Namespace) -> TlsFiles | None:
+def _tls(args: argparse.Namespace) -> TlsKeys | None:
     if not (args.tls_cert or args.tls_key or args.tls_client_ca):
         return None
     if not (args.tls_cert and args.tls_key):
         raise ConfigError("--tls-cert and --tls-key: TLS needs both the certificate and its key")
-    return TlsFiles(Path(args.tls_cert), Path(args.tls_key), _path(args.tls_client_ca))
+    return read_tls(
+        Path(args.tls_cert),
+        Path(args.tls_key),
+        Path(args.tls_client_ca) if args.tls_client_ca else None,
+    )
 
 
 def serve_config(args: argparse.Namespace) -> ServeConfig:
     """The server's settings from flags and environment, each checked with a one-line error."""
     host, port = parse_listen(args.listen)
-    tls = _tls_files(args)
+    tls = _tls(args)
     check_exposure(host, tls, args.insecure)
     check_can_listen(host, port)
     if args.metrics_listen:
@@ -118,7 +118,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         max_watchers=parse_count("--max-watchers", args.max_watchers, minimum=0),
         data_dir=args.data_dir,
         tls=tls,
-        token_file=_path(args.token_file),
+        tokens=load_tokens(Path(args.token_file)) if args.token_file else (),
         protect_reads=args.protect_reads,
         limits=Limits(
             max_campaigns=parse_count("--max-campaigns", args.max_campaigns),

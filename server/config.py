@@ -40,10 +40,13 @@ class Limits:
 
 
 @dataclass(frozen=True)
-class TlsFiles:
-    cert: Path
-    key: Path
-    client_ca: Path | None = None  # set: clients must present a certificate it signed
+class TlsKeys:
+    """PEM contents, read when the settings are checked, so that a wrong path ends the
+    command before anything (an embedded PostgreSQL, say) has started."""
+
+    cert: bytes
+    key: bytes
+    client_ca: bytes | None = None  # set: clients must present a certificate it signed
 
 
 @dataclass(frozen=True)
@@ -56,8 +59,8 @@ class ServeConfig:
     full_sync_interval_ms: int = DEFAULT_FULL_SYNC_INTERVAL_MS
     change_overlap_ms: int = DEFAULT_CHANGE_OVERLAP_MS
     data_dir: Path = DEFAULT_DATA_DIR
-    tls: TlsFiles | None = None
-    token_file: Path | None = None
+    tls: TlsKeys | None = None
+    tokens: tuple[bytes, ...] = ()  # bearer tokens; none: no RPC needs one
     protect_reads: bool = False
     limits: Limits = Limits()
     metrics_listen: str | None = None
@@ -165,7 +168,7 @@ def is_loopback(host: str) -> bool:
     return all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
 
 
-def check_exposure(host: str, tls: TlsFiles | None, insecure: bool) -> None:
+def check_exposure(host: str, tls: TlsKeys | None, insecure: bool) -> None:
     """Plaintext is for loopback only, unless the operator says --insecure on purpose."""
     if tls is None and not insecure and not is_loopback(host):
         raise ConfigError(

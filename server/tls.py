@@ -6,7 +6,7 @@ from pathlib import Path
 
 import grpc
 
-from .config import ConfigError, TlsFiles
+from .config import ConfigError, TlsKeys
 
 
 def read_pem(flag: str, path: Path) -> bytes:
@@ -19,10 +19,18 @@ def read_pem(flag: str, path: Path) -> bytes:
     return data
 
 
-def server_credentials(tls: TlsFiles) -> grpc.ServerCredentials:
+def read_tls(cert: Path, key: Path, client_ca: Path | None = None) -> TlsKeys:
+    return TlsKeys(
+        cert=read_pem("--tls-cert", cert),
+        key=read_pem("--tls-key", key),
+        client_ca=read_pem("--tls-client-ca", client_ca) if client_ca else None,
+    )
+
+
+def server_credentials(tls: TlsKeys) -> grpc.ServerCredentials:
     """Credentials for ``add_secure_port``; with a client CA, mutual TLS is required."""
-    key_pair = (read_pem("--tls-key", tls.key), read_pem("--tls-cert", tls.cert))
-    client_ca = read_pem("--tls-client-ca", tls.client_ca) if tls.client_ca else None
     return grpc.ssl_server_credentials(
-        [key_pair], root_certificates=client_ca, require_client_auth=client_ca is not None
+        [(tls.key, tls.cert)],
+        root_certificates=tls.client_ca,
+        require_client_auth=tls.client_ca is not None,
     )

@@ -16,7 +16,7 @@ import pytest
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from proca_stats.client import ResourceExhausted, StatsClient
+from proca_stats.client import ResourceExhausted, StatsClient, Unavailable
 from proca_stats.client.v1.stats_pb2 import CampaignStats
 from proca_stats.server.app import StatsServer
 from proca_stats.server.counters import Increment
@@ -273,23 +273,50 @@ class HealthWatch:
         except grpc.RpcError:
             pass  # cancelled by us or ended by the server's shutdown
 
+    def ended(self) -> bool:
+        return not self._thread.is_alive()
+
     def close(self) -> None:
         self._stream.cancel()
         self._channel.close()
 
 
-def test_sigterm_says_not_serving_then_exits_zero(
+def refuses_new_rpcs(port: int) -> bool:
+    """True when a new call to the server on ``port`` is refused (UNAVAILABLE)."""
+    with StatsClient(f"127.0.0.1:{port}", timeout=2) as client:
+        try:
+            client.get_stats(1)
+        except Unavailable:
+            return True
+    return False
+
+
+def test_sigterm_says_not_serving_refuses_new_rpcs_and_exits_zero(
     serve: Callable[..., tuple[subprocess.Popen[str], int]], database_url: str
 ) -> None:
     process, port = serve("--database-url", database_url, "--grace", "30")
-    watch = HealthWatch(port)
+    watch = HealthWatch(port)  # an in-flight RPC
     wait_for(lambda: Serving.SERVING in watch.statuses, what="SERVING on the stream")
     process.send_signal(signal.SIGTERM)
     wait_for(lambda: Serving.NOT_SERVING in watch.statuses, what="NOT_SERVING on the stream")
+    wait_for(lambda: refuses_new_rpcs(port), what="new RPCs to be refused")
+    assert process.poll() is None, "exited before its in-flight RPC ended or the grace ran out"
     watch.close()  # the last in-flight RPC ends: the server need not wait out its grace
     assert process.wait(timeout=20) == 0
     _, stderr = process.communicate()
     assert "stopped" in stderr
+
+
+def test_in_flight_rpcs_are_cut_when_the_grace_runs_out(
+    serve: Callable[..., tuple[subprocess.Popen[str], int]], database_url: str
+) -> None:
+    process, port = serve("--database-url", database_url, "--grace", "1")
+    watch = HealthWatch(port)  # an in-flight RPC that never ends by itself
+    wait_for(lambda: Serving.SERVING in watch.statuses, what="SERVING on the stream")
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=20) == 0
+    wait_for(watch.ended, what="the server to end the stream")
+    watch.close()
 
 
 def test_a_second_signal_exits_at_once(
@@ -351,7 +378,7 @@ def test_token_and_tls_options_of_the_client_commands(
     [
         (("--listen", "0.0.0.0:0"), ("--listen: 0.0.0.0 is reachable", "--insecure")),
         (("--tls-cert", "/nonexistent.crt"), ("--tls-cert and --tls-key",)),
-        (("--tls-cert", "/no.crt", "--tls-key", "/no.key"), ("--tls-key: cannot read /no.key",)),
+        (("--tls-cert", "/no.crt", "--tls-key", "/no.key"), ("--tls-cert: cannot read /no.crt",)),
         (("--token-file", "/nonexistent"), ("--token-file: cannot read /nonexistent",)),
         (("--protect-reads",), ("--protect-reads: needs --token-file",)),
         (("--max-campaigns", "0"), ("--max-campaigns: must be >= 1",)),
@@ -368,3 +395,15 @@ def test_serve_mistakes_end_with_one_line(
 ) -> None:
     done = run_cli("serve", "--database-url", database_url, *args)
     assert_one_line_error(done, *fragments)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("--tls-cert", "/no.crt", "--tls-key", "/no.key"), ("--token-file", "/nonexistent")],
+)
+def test_serve_mistakes_end_before_the_embedded_postgres_starts(
+    args: tuple[str, ...], tmp_path: Path
+) -> None:
+    done = run_cli("serve", "--data-dir", str(tmp_path), *args)
+    assert_one_line_error(done, "cannot read /no")
+    assert not (tmp_path / "pgdata").exists(), "started an embedded PostgreSQL for nothing"

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from proca_stats.client.v1 import stats_pb2
 from proca_stats.server.app import StatsServer
+from proca_stats.server.auth import load_tokens
 from proca_stats.server.config import Limits
 from proca_stats.server.counters import CampaignCounters, Increment, incremented
 from tests.conftest import figures, wait_for
@@ -89,7 +90,7 @@ def fuzzed(
     tokens.write_text(TOKEN + "\n")
     server = start_server(
         database_url,
-        token_file=tokens,
+        tokens=load_tokens(tokens),
         limits=Limits(max_campaigns=8, max_keys_per_map=6, max_request_bytes=512),
     )
     wait_for(lambda: server.store.synced_at, what="the first calculation")

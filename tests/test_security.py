@@ -18,7 +18,9 @@ from proca_stats.client import (
     Unavailable,
 )
 from proca_stats.server.app import StatsServer
-from proca_stats.server.config import ConfigError, Limits, TlsFiles, check_exposure, is_loopback
+from proca_stats.server.auth import load_tokens
+from proca_stats.server.config import ConfigError, Limits, TlsKeys, check_exposure, is_loopback
+from proca_stats.server.tls import read_tls
 from tests.certificates import Authority
 from tests.conftest import wait_for
 from tests.watching import Recorder
@@ -54,7 +56,7 @@ def test_tls_serves_clients_that_trust_the_ca(
     start_server: Callable[..., StatsServer], database_url: str, authority: Authority
 ) -> None:
     issued = authority.issue("server", server=True)
-    server = started(start_server(database_url, tls=TlsFiles(issued.cert, issued.key)))
+    server = started(start_server(database_url, tls=read_tls(issued.cert, issued.key)))
     with tls_client(server.port, authority) as client:
         client.increment(1, 1, "signature", new_supporter=True)
         assert client.get_stats(1).supporters == 1
@@ -73,7 +75,7 @@ def test_mutual_tls_requires_a_client_certificate_from_the_ca(
 ) -> None:
     issued = authority.issue("server", server=True)
     server = started(
-        start_server(database_url, tls=TlsFiles(issued.cert, issued.key, authority.cert))
+        start_server(database_url, tls=read_tls(issued.cert, issued.key, authority.cert))
     )
     member = authority.issue("member", server=False)
     with tls_client(
@@ -98,7 +100,7 @@ def test_mutual_tls_requires_a_client_certificate_from_the_ca(
 def test_tokens_guard_increment_and_leave_reads_open(
     start_server: Callable[..., StatsServer], database_url: str, token_file: Path
 ) -> None:
-    server = started(start_server(database_url, token_file=token_file))
+    server = started(start_server(database_url, tokens=load_tokens(token_file)))
     target = f"127.0.0.1:{server.port}"
     for token in (None, "wrong", "alpha", "Bearer alpha-token", "# deploy tokens"):
         with StatsClient(target, token=token) as client, pytest.raises(Unauthenticated):
@@ -114,7 +116,7 @@ def test_tokens_guard_increment_and_leave_reads_open(
 def test_protect_reads_guards_get_stats_but_not_health(
     start_server: Callable[..., StatsServer], database_url: str, token_file: Path
 ) -> None:
-    server = started(start_server(database_url, token_file=token_file, protect_reads=True))
+    server = started(start_server(database_url, tokens=load_tokens(token_file), protect_reads=True))
     target = f"127.0.0.1:{server.port}"
     with StatsClient(target) as anonymous:
         with pytest.raises(Unauthenticated):
@@ -196,12 +198,12 @@ def test_loopback_hosts(host: str) -> None:
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "[::]", "192.0.2.1", "example.invalid"])
-def test_other_hosts_need_tls_or_insecure(host: str, tmp_path: Path) -> None:
+def test_other_hosts_need_tls_or_insecure(host: str) -> None:
     assert not is_loopback(host)
     with pytest.raises(ConfigError, match="--tls-cert and --tls-key, or --insecure"):
         check_exposure(host, tls=None, insecure=False)
     check_exposure(host, tls=None, insecure=True)
-    check_exposure(host, tls=TlsFiles(tmp_path / "c", tmp_path / "k"), insecure=False)
+    check_exposure(host, tls=TlsKeys(b"cert", b"key"), insecure=False)
 
 
 def test_watch_streams_keep_their_own_threads_behind_the_interceptors(
@@ -209,7 +211,7 @@ def test_watch_streams_keep_their_own_threads_behind_the_interceptors(
 ) -> None:
     """Tokens and metrics wrap every handler; WatchStats must still run on its own pool."""
     server = started(
-        start_server(database_url, token_file=token_file, metrics_listen="127.0.0.1:0")
+        start_server(database_url, tokens=load_tokens(token_file), metrics_listen="127.0.0.1:0")
     )
     target = f"127.0.0.1:{server.port}"
     with StatsClient(target) as reader, StatsClient(target, token="alpha-token") as writer:
