@@ -14,6 +14,7 @@ from psycopg_pool import ConnectionPool
 from .auth import TokenAuthInterceptor, read_methods
 from .config import ServeConfig, parse_listen
 from .counters import Snapshot
+from .database import connection_options
 from .fanout import Fanout
 from .handlers import Interceptor
 from .handover import Lookup, swap_in
@@ -67,10 +68,7 @@ class StatsServer:
             name="proca-stats-sync",
             # A connection broken while idle (database restarted) is replaced, not used.
             check=ConnectionPool.check_connection,
-            kwargs={
-                "application_name": "proca-stats",
-                "connect_timeout": max(1, round(config.connect_timeout)),
-            },
+            kwargs=connection_options("proca-stats", config.connect_timeout),
         )
         self.refresher = Refresher(
             self._pool,
@@ -202,6 +200,9 @@ class StatsServer:
             log.debug("re-applied %d increments the snapshot had not seen", reapplied)
         self.metrics.sync_succeeded(seconds)
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
+
+    def started(self) -> None:
+        self.metrics.sync_started()
 
     def failed(self, seconds: float) -> None:
         self.metrics.sync_failed()

@@ -28,6 +28,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
+from typing import Any, Self
 
 import psycopg
 from psycopg import IsolationLevel, sql
@@ -136,7 +137,19 @@ LATEST_CHANGES = """
 """
 
 Key = tuple[int, bytes]  # (campaign id, fingerprint)
+Cursor = psycopg.Cursor[TupleRow]
 Page = tuple[int, int | None, int]  # (campaign id, org id, extra supporters)
+
+
+class CountingCursor(Cursor):
+    """A cursor that adds up the rows its queries returned, for the sync's log line."""
+
+    rows_read = 0
+
+    def execute(self, *args: Any, **kwargs: Any) -> Self:
+        super().execute(*args, **kwargs)
+        self.rows_read += max(self.rowcount, 0)  # -1 for statements that return no rows
+        return self
 
 
 def keep_snapshot(conn: psycopg.Connection[TupleRow]) -> tuple[datetime, str]:
@@ -163,7 +176,7 @@ def limit_time(cur: psycopg.Cursor[TupleRow], timeout_ms: int) -> None:
 @contextmanager
 def read_in(
     conn: psycopg.Connection[TupleRow], snapshot_id: str, timeout_ms: int = 0
-) -> Iterator[psycopg.Cursor[TupleRow]]:
+) -> Iterator[CountingCursor]:
     """A cursor in a short transaction reading the kept snapshot ``snapshot_id``.
 
     The transaction ends (and releases its locks) when the block does. The
@@ -174,7 +187,7 @@ def read_in(
     conn.isolation_level = IsolationLevel.REPEATABLE_READ
     conn.read_only = True
     try:
-        with conn.cursor() as cur:
+        with CountingCursor(conn) as cur:
             cur.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_id)))
             limit_time(cur, timeout_ms)
             yield cur

@@ -37,6 +37,8 @@ class Limits:
     max_campaigns: int = 100_000
     max_keys_per_map: int = 10_000
     max_request_bytes: int = 64 * 1024
+    # Action ids remembered between two syncs (retries count once; see StatsStore).
+    max_action_ids: int = 100_000
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
@@ -71,3 +71,23 @@ def create_recommended_indexes(url: str) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         for statement in RECOMMENDED_INDEXES:
             conn.execute(statement.encode())
+
+
+def connection_options(application_name: str, connect_timeout: float) -> dict[str, Any]:
+    """libpq options of the server's connections, so that a lost database is noticed.
+
+    Without them a connection whose database vanished from the network (no
+    reset, no FIN) waits for an answer for as long as the kernel keeps the
+    socket: a calculation would hang rather than fail and retry. Keepalive
+    probes find a silent peer after about a minute of quiet, and
+    ``tcp_user_timeout`` ends a connection whose sent data stays unacknowledged.
+    """
+    return {
+        "application_name": application_name,
+        "connect_timeout": max(1, round(connect_timeout)),
+        "keepalives": 1,
+        "keepalives_idle": 30,
+        "keepalives_interval": 10,
+        "keepalives_count": 3,
+        "tcp_user_timeout": 60_000,  # milliseconds
+    }

@@ -30,6 +30,7 @@ from psycopg import sql
 from psycopg.rows import TupleRow
 
 from .counters import Increment
+from .database import connection_options
 from .metrics import FanoutMetrics
 from .payload import PayloadError, decode, encode, sender_prefix
 from .store import CapacityError, StatsStore
@@ -258,10 +259,7 @@ class Fanout:
 
     def _connection(self, name: str) -> psycopg.Connection[TupleRow]:
         return psycopg.connect(
-            self._url,
-            autocommit=True,
-            application_name=name,
-            connect_timeout=self._connect_timeout,
+            self._url, autocommit=True, **connection_options(name, self._connect_timeout)
         )
 
     def publish(self, inc: Increment) -> None:

@@ -21,6 +21,7 @@ from .handlers import Continuation, Handler, Interceptor, behavior_of, with_beha
 # GetStats answers in well under a millisecond: the default buckets start at 5 ms.
 RPC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 1.0, 5.0)
 SYNC_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+UNKNOWN_METHOD = "unknown"  # the method label of calls to methods this server does not have
 # Fan-out delivery is a batching window plus a database round trip: milliseconds.
 DELIVERY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -67,9 +68,18 @@ class Metrics:
         self._http: WSGIServer | None = None
         self._last_success: float | None = None
         self._lock = threading.Lock()
+        self.rpcs_started = Counter(
+            "proca_stats_rpcs_started",
+            "RPCs received, by method, counted before the request is read: those gRPC "
+            "refuses before a handler runs (request too large, say) are started but not "
+            "answered below",
+            ["method"],
+            registry=self.registry,
+        )
         self.rpcs = Counter(
             "proca_stats_rpcs",
-            "RPCs answered, by method and status code",
+            "RPCs answered, by method and status code (an unknown method: method "
+            '"unknown", code UNIMPLEMENTED)',
             ["method", "code"],
             registry=self.registry,
         )
@@ -81,16 +91,18 @@ class Metrics:
             registry=self.registry,
         )
         self.sync_runs = Counter(
-            "proca_stats_sync_runs", "Full calculations started", registry=self.registry
+            "proca_stats_sync_runs",
+            "Refreshes of the figures started (full calculations and incremental refreshes)",
+            registry=self.registry,
         )
         self.sync_failures = Counter(
             "proca_stats_sync_failures",
-            "Full calculations that failed (database unreachable, error or timeout)",
+            "Refreshes that failed (database unreachable, error or --sync-timeout)",
             registry=self.registry,
         )
         self.sync_seconds = Histogram(
             "proca_stats_sync_duration_seconds",
-            "Time a successful full calculation took",
+            "Time a successful refresh took",
             buckets=SYNC_BUCKETS,
             registry=self.registry,
         )
@@ -107,14 +119,15 @@ class Metrics:
         """Register the fan-out's collectors (once per server)."""
         return FanoutMetrics(self.registry)
 
-    def sync_succeeded(self, seconds: float) -> None:
+    def sync_started(self) -> None:
         self.sync_runs.inc()
+
+    def sync_succeeded(self, seconds: float) -> None:
         self.sync_seconds.observe(seconds)
         with self._lock:
             self._last_success = time.monotonic()
 
     def sync_failed(self) -> None:
-        self.sync_runs.inc()
         self.sync_failures.inc()
 
     def _seconds_since_last_sync(self) -> float:
@@ -145,9 +158,12 @@ class MetricsInterceptor(Interceptor):
         details: grpc.HandlerCallDetails,
     ) -> Handler | None:
         handler = continuation(details)
-        if handler is None:
+        if handler is None:  # gRPC answers UNIMPLEMENTED; the name is the caller's, unbounded
+            self._metrics.rpcs_started.labels(UNKNOWN_METHOD).inc()
+            self._metrics.rpcs.labels(UNKNOWN_METHOD, "UNIMPLEMENTED").inc()
             return None
         method = details.method.lstrip("/")
+        self._metrics.rpcs_started.labels(method).inc()
         behavior = behavior_of(handler)
         count = self._metrics.rpcs
         timing = self._metrics.rpc_seconds

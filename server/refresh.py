@@ -41,11 +41,12 @@ and the next refresh is then a full calculation).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TypeVar
@@ -58,6 +59,8 @@ from .calculation import (
     CAMPAIGNS,
     COUNTED,
     LATEST_CHANGES,
+    CountingCursor,
+    Cursor,
     Key,
     Page,
     campaign_figures,
@@ -73,7 +76,6 @@ from .tally import CampaignTally
 
 log = logging.getLogger(__name__)
 
-Cursor = psycopg.Cursor[TupleRow]
 
 LIVE = 0  # campaigns.status
 
@@ -119,6 +121,10 @@ A = TypeVar("A")  # the answer about it
 CONNECTIONS = 3 + LOOKUP_CONNECTIONS - 1
 
 
+class RefreshCancelled(Exception):
+    """The refresh was cancelled because the server is stopping."""
+
+
 @dataclass(frozen=True)
 class RefreshReport:
     """What one refresh did, for the log and the benchmark."""
@@ -130,6 +136,7 @@ class RefreshReport:
     recounted: int = 0
     seconds: float = 0.0
     key_parts: int = 0  # into how many parts the keys were split, each read on its own connection
+    rows_read: int = 0  # rows PostgreSQL sent: already aggregated, so far fewer than it read
 
 
 @dataclass
@@ -183,6 +190,11 @@ class Refresher:
         self._last_full = 0.0
         self._last_slow = 0.0
         self._stale: set[int] = set()  # closed or ignored campaigns with changes not counted
+        # Guards what another thread may touch: ``cancel()`` runs on the stopping thread.
+        self._lock = threading.Lock()
+        self._held: set[psycopg.Connection[TupleRow]] = set()  # taken from the pool
+        self._cancelled = False
+        self._rows_read: list[int] = []  # per cursor of the running refresh
 
     def run(
         self, *, full: bool = False, increments_before: int = 0
@@ -190,10 +202,11 @@ class Refresher:
         """Compute a new snapshot: full when asked, due or without a held snapshot."""
         started = time.monotonic()
         due = self._full_interval and started - self._last_full >= self._full_interval
-        keeper = self._pool.getconn(timeout=self._connect_timeout)
+        self._rows_read = []
+        keeper = self._take(self._connect_timeout)
         try:
             if self._work is None:
-                self._work = self._pool.getconn(timeout=self._connect_timeout)
+                self._work = self._take(self._connect_timeout)
             taken_at, snapshot_id = keep_snapshot(keeper)
             if full or due or self._state is None:
                 state, report = self._full(keeper, snapshot_id, started)
@@ -204,7 +217,8 @@ class Refresher:
             raise
         self._next = state
         snapshot = Snapshot(dict(state.figures), taken_at, increments_before)
-        return snapshot, replace(report, seconds=time.monotonic() - started)
+        seconds = time.monotonic() - started
+        return snapshot, replace(report, seconds=seconds, rows_read=sum(self._rows_read))
 
     def seen(self, action_ids: Collection[int]) -> set[int]:
         """Which of these action ids the snapshot of the last ``run()`` sees."""
@@ -231,9 +245,44 @@ class Refresher:
 
     close = abandon
 
-    def _reading(self, snapshot_id: str) -> AbstractContextManager[Cursor]:
+    def cancel(self) -> None:
+        """Cancel the queries running now and refuse new ones: the server is stopping.
+
+        Called from another thread, so that a stop does not wait for a long or
+        blocked calculation; the refreshing thread then fails at once.
+        """
+        with self._lock:
+            self._cancelled = True
+            held = list(self._held)
+        for conn in held:
+            with suppress(psycopg.Error):  # unreachable or closed: closing the pool ends it
+                conn.cancel_safe(timeout=1.0)
+
+    def _take(self, timeout: float) -> psycopg.Connection[TupleRow]:
+        """A pool connection, held until ``_release`` (so that ``cancel`` can reach it)."""
+        self._check_cancelled()
+        conn = self._pool.getconn(timeout=timeout)
+        with self._lock:
+            self._held.add(conn)
+        return conn
+
+    def _check_cancelled(self) -> None:
+        if self._cancelled:
+            raise RefreshCancelled("the server is stopping")
+
+    @contextmanager
+    def _read_in(
+        self, conn: psycopg.Connection[TupleRow], snapshot_id: str
+    ) -> Iterator[CountingCursor]:
+        """``read_in`` that counts the rows read, and starts nothing once cancelled."""
+        self._check_cancelled()
+        with read_in(conn, snapshot_id, self._timeout_ms) as cur:
+            yield cur
+            self._rows_read.append(cur.rows_read)
+
+    def _reading(self, snapshot_id: str) -> AbstractContextManager[CountingCursor]:
         assert self._work is not None
-        return read_in(self._work, snapshot_id, self._timeout_ms)
+        return self._read_in(self._work, snapshot_id)
 
     def _ask(
         self, parts: Sequence[P], ask: Callable[[Cursor, P], A], *snapshot_ids: str
@@ -247,20 +296,20 @@ class Refresher:
         def on(conn: psycopg.Connection[TupleRow], part: P) -> list[A]:
             answers = []
             for snapshot_id in snapshot_ids:
-                with read_in(conn, snapshot_id, self._timeout_ms) as cur:
+                with self._read_in(conn, snapshot_id) as cur:
                     answers.append(ask(cur, part))
             return answers
 
         def on_pool(part: P) -> list[A] | None:
             """None when the pool has no connection to spare (the database refuses more, say)."""
             try:
-                conn = self._pool.getconn(timeout=LOOKUP_WAIT)
+                conn = self._take(LOOKUP_WAIT)
             except PoolTimeout:
                 return None
             try:
                 return on(conn, part)
             finally:
-                self._pool.putconn(conn)
+                self._release(conn)
 
         with ThreadPoolExecutor(max(1, len(parts) - 1), "proca-stats-read") as threads:
             others = [threads.submit(on_pool, part) for part in parts[1:]]
@@ -271,6 +320,8 @@ class Refresher:
         return [list(answers) for answers in zip(*by_part, strict=True)]
 
     def _release(self, conn: psycopg.Connection[TupleRow]) -> None:
+        with self._lock:
+            self._held.discard(conn)
         try:
             if not conn.closed:
                 conn.rollback()

@@ -107,8 +107,11 @@ class StatsServicer(stats_pb2_grpc.StatsServiceServicer):
         self._store = store
         self._watchers = watchers
         self._counted = counted
-        # campaign id → (counters, synced_at, serialized GetStatsResponse), known campaigns only
-        self._answers: dict[int, tuple[CampaignCounters, datetime | None, bytes]] = {}
+        # campaign id → (counters, serialized GetStatsResponse), known campaigns of the
+        # snapshot ``_answers_of`` only: emptied when a new one is swapped in, so that it
+        # never holds more campaigns than the store does.
+        self._answers: dict[int, tuple[CampaignCounters, bytes]] = {}
+        self._answers_of: datetime | None = None
 
     def Increment(
         self,
@@ -154,14 +157,20 @@ class StatsServicer(stats_pb2_grpc.StatsServiceServicer):
         self, campaign_id: int, counters: CampaignCounters, synced_at: datetime | None
     ) -> bytes:
         """The serialized GetStatsResponse for these figures, built once per change."""
-        kept = self._answers.get(campaign_id)
-        if kept is not None and kept[0] is counters and kept[1] is synced_at:
-            return kept[2]
+        answers = self._answers
+        if synced_at is not self._answers_of:
+            # A new snapshot (or, from a thread that read the store before the swap,
+            # an old one): start afresh. Threads that race here only rebuild answers.
+            answers = self._answers = {}
+            self._answers_of = synced_at
+        kept = answers.get(campaign_id)
+        if kept is not None and kept[0] is counters:
+            return kept[1]
         answer = stats_pb2.GetStatsResponse(
             stats=campaign_stats(campaign_id, counters, synced_at)
         ).SerializeToString()
         if counters is not NO_COUNTERS:  # unknown campaigns are not kept: ids are unbounded
-            self._answers[campaign_id] = (counters, synced_at, answer)
+            answers[campaign_id] = (counters, answer)
         return answer
 
     def BatchGetStats(

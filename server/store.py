@@ -11,6 +11,7 @@ lock is released.
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -78,7 +79,12 @@ class StatsStore:
     Increments with an action id are remembered so that a retry counts once and
     so that the next swap can re-apply those its snapshot did not see. Memory
     stays bounded: each swap forgets every id except those it re-applied and
-    those its snapshot confirmed (kept one generation for late retries).
+    those its snapshot confirmed (kept one generation for late retries); and
+    while no swap comes (the database is down, or ``--sync-interval 0``), at
+    most ``Limits.max_action_ids`` are remembered, the oldest forgotten first.
+    Forgetting one costs little: the oldest are the likeliest to be in the next
+    snapshot anyway, and a figure it makes wrong (a very late retry counted
+    twice) is set right by the next sync.
     """
 
     def __init__(
@@ -89,7 +95,7 @@ class StatsStore:
         self._lock = threading.Lock()
         self._campaigns: dict[int, CampaignCounters] = {}
         self._synced_at: datetime | None = None
-        self._known: set[int] = set()  # action ids that must not count again
+        self._known: OrderedDict[int, None] = OrderedDict()  # ids that must not count again
         self._log: list[Arrival] = []  # Increments with an action id since the last swap
         self._carried: list[Arrival] = []  # re-applied by the last swap, not yet seen
         self._arrivals = 0  # Increments with an action id ever counted
@@ -113,13 +119,22 @@ class StatsStore:
                 current = NO_COUNTERS
             _check_keys(current, inc, self._limits.max_keys_per_map)
             if inc.action_id is not None:
-                self._known.add(inc.action_id)
-                self._log.append(Arrival(self._arrivals, inc))
-                self._arrivals += 1
+                self._remember(inc.action_id, inc)
             self._campaigns[inc.campaign_id] = incremented(current, inc)
         if self._listener is not None:
             self._listener.campaign_changed(inc.campaign_id)
         return True
+
+    def _remember(self, action_id: int, inc: Increment) -> None:
+        """Note a counted Increment with an action id; the caller holds the lock."""
+        cap = self._limits.max_action_ids
+        while len(self._known) >= cap:
+            self._known.popitem(last=False)
+        self._known[action_id] = None
+        if len(self._log) >= cap:
+            del self._log[: len(self._log) // 4 + 1]  # the oldest quarter: trimming stays rare
+        self._log.append(Arrival(self._arrivals, inc))
+        self._arrivals += 1
 
     def arrivals(self) -> int:
         """How many Increments with an action id were counted so far.
@@ -171,7 +186,7 @@ class StatsStore:
             old = self._campaigns
             self._campaigns = new.campaigns
             self._synced_at = new.taken_at
-            self._known = set(new.remembered)
+            self._known = OrderedDict.fromkeys(new.remembered)
             self._carried = new.carried
             self._log = []
         if self._listener is not None:

@@ -20,9 +20,12 @@ import psycopg
 
 from .counters import Snapshot
 from .handover import Lookup
-from .refresh import Refresher
+from .refresh import RefreshCancelled, Refresher
 
 log = logging.getLogger(__name__)
+
+# How long a stop waits for the sync thread once its queries are cancelled.
+STOP_WAIT = 5.0
 
 
 def backoff_delay(failures: int, base: float, cap: float) -> float:
@@ -55,9 +58,12 @@ class Backoff:
 class SyncListener(Protocol):
     """Where the sync's results go: the store (through the app) and the metrics.
 
+    ``started()`` comes before each refresh, then ``delivered`` or ``failed``.
     ``delivered(snapshot, seen, seconds)`` runs while the snapshot's transaction
     is still open: ``seen(action_ids)`` tells which actions the snapshot sees.
     """
+
+    def started(self) -> None: ...
 
     def delivered(self, snapshot: Snapshot, seen: Lookup, seconds: float) -> None: ...
 
@@ -103,12 +109,20 @@ class SyncWorker:
             self._full_requested = True
         self._wake.set()
 
-    def stop(self, timeout: float | None = None) -> None:
-        """Stop after the running calculation, if any, and release its transactions."""
+    def stop(self, timeout: float = STOP_WAIT) -> None:
+        """Cancel the running calculation, if any, and release its transactions.
+
+        A calculation can run for minutes, or wait on a lock: a stop cancels its
+        queries rather than wait, and gives up on the thread after ``timeout``
+        seconds (it is a daemon; closing the pool then ends its connections).
+        """
         self._stopping = True
         self._wake.set()
+        self._refresher.cancel()
         self._thread.join(timeout)
-        if not self._thread.is_alive():
+        if self._thread.is_alive():
+            log.warning("the sync thread did not stop within %g s; leaving it", timeout)
+        else:
             self._refresher.close()
 
     def _run(self) -> None:
@@ -117,6 +131,8 @@ class SyncWorker:
             if self._attempt():
                 self._retry.succeeded()
                 delay = self._interval or None  # None: only when requested
+            elif self._stopping:
+                break
             else:
                 delay = self._retry.failed()
                 log.warning("keeping the last figures; next try in %.1f s", delay)
@@ -126,14 +142,25 @@ class SyncWorker:
         """Run one refresh and deliver it; False when it failed."""
         full, self._full_requested = self._full_requested, False
         started = time.monotonic()
+        self._listener.started()
         try:
             snapshot, report = self._refresher.run(
                 full=full, increments_before=self._increments_before()
             )
             self._listener.delivered(snapshot, self._refresher.seen, report.seconds)
-            self._refresher.settle()
+            if self._interval:
+                self._refresher.settle()
+            else:
+                # No next refresh is scheduled: an open transaction kept for one
+                # would hold back VACUUM for the life of the server.
+                self._refresher.abandon()
         except Exception as error:
             self._refresher.abandon()
+            if self._stopping and isinstance(
+                error, (RefreshCancelled, psycopg.errors.QueryCanceled, psycopg.OperationalError)
+            ):
+                log.info("sync: the running refresh was cancelled, the server is stopping")
+                return False
             if isinstance(error, psycopg.errors.QueryCanceled):
                 log.warning("sync failed: a query ran past --sync-timeout and was cancelled")
             elif isinstance(error, psycopg.Error):
@@ -144,11 +171,12 @@ class SyncWorker:
             self._listener.failed(time.monotonic() - started)
             return False
         log.info(
-            "sync: %s refresh, %d campaigns in %.3f s (snapshot %s; %d actions and %d "
-            "supporters changed, %d keys, %d campaigns recounted)",
+            "sync: %s refresh, %d campaigns in %.3f s, %d rows read (snapshot %s; %d actions "
+            "and %d supporters changed, %d keys, %d campaigns recounted)",
             report.kind,
             len(snapshot.campaigns),
             report.seconds,
+            report.rows_read,
             snapshot.taken_at.isoformat(),
             report.changed_actions,
             report.changed_supporters,
