@@ -15,6 +15,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -232,3 +233,21 @@ def serve() -> Iterator[Callable[..., tuple[subprocess.Popen[str], int]]]:
         if process.poll() is None:
             process.kill()
         process.communicate()
+
+
+def waiting_for_actions(conn: psycopg.Connection) -> bool:
+    """Whether some session waits for a lock on the actions table."""
+    row = conn.execute(
+        "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'actions'::regclass"
+        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    ).fetchone()
+    return bool(row and row[0])
+
+
+@contextmanager
+def actions_locked(database_url: str) -> Iterator[psycopg.Connection]:
+    """A transaction holding ``actions`` exclusively; rows it inserts commit on release."""
+    with psycopg.connect(database_url) as conn:
+        conn.execute("LOCK TABLE actions IN ACCESS EXCLUSIVE MODE")
+        yield conn
+        conn.commit()

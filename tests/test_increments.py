@@ -8,43 +8,25 @@ report the calculation as waiting for the lock.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Collection
 
-import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
 
 from proca_stats.client import StatsClient
 from proca_stats.server.app import StatsServer
+from proca_stats.server.config import Limits
 from proca_stats.server.counters import CampaignCounters, Increment
 from proca_stats.server.handover import swap_in
 from proca_stats.server.refresh import CONNECTIONS, Refresher
 from proca_stats.server.store import StatsStore
-from tests.conftest import resync, wait_for
+from tests.conftest import actions_locked, resync, wait_for, waiting_for_actions
 from tests.proca_data import ProcaData
 
 
 def figures(client: StatsClient, campaign_id: int) -> tuple[int, dict[str, int], dict[int, int]]:
     stats = client.get_stats(campaign_id)
     return stats.supporters, dict(stats.actions_by_type), dict(stats.supporters_by_org)
-
-
-def waiting_for_actions(conn: psycopg.Connection) -> bool:
-    """Whether some session waits for a lock on the actions table."""
-    row = conn.execute(
-        "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'actions'::regclass"
-    ).fetchone()
-    return bool(row and row[0])
-
-
-@contextmanager
-def actions_locked(database_url: str) -> Iterator[psycopg.Connection]:
-    """A transaction holding ``actions`` exclusively; rows it inserts commit on release."""
-    with psycopg.connect(database_url) as conn:
-        conn.execute("LOCK TABLE actions IN ACCESS EXCLUSIVE MODE")
-        yield conn
-        conn.commit()
 
 
 @pytest.fixture
@@ -158,3 +140,18 @@ def test_increments_arriving_between_the_look_up_and_the_swap_are_applied(
     finally:
         refresher.close()
         pool.close()
+
+
+def test_action_ids_remembered_between_syncs_are_capped_oldest_first() -> None:
+    """While no sync comes, memory stays bounded: the oldest ids are forgotten first."""
+    store = StatsStore(Limits(max_action_ids=3))
+    for action_id in range(1, 6):
+        assert store.increment(Increment(1, 2, "signature", None, False, action_id=action_id))
+    assert store.remembered() == 3
+    assert len(store.arrived_since(0)[0]) <= 3
+    assert not store.increment(
+        Increment(1, 2, "signature", None, False, action_id=5)
+    )  # still known
+    assert store.increment(Increment(1, 2, "signature", None, False, action_id=1))  # forgotten
+    counters, _ = store.get(1)
+    assert counters.actions_by_type == {"signature": 6}

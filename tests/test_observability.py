@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import re
 import urllib.request
 from collections.abc import Callable
 
+import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from proca_stats.client import InvalidArgument, StatsClient
 from proca_stats.server.app import StatsServer
+from proca_stats.server.config import Limits
 from tests.conftest import resync, wait_for
+from tests.proca_data import ProcaData
 
 GET_STATS = "proca.stats.v1.StatsService/GetStats"
 INCREMENT = "proca.stats.v1.StatsService/Increment"
@@ -75,3 +80,44 @@ def test_seconds_since_last_sync_is_nan_before_the_first(
     samples = scrape(server.metrics_port)
     assert math.isnan(samples["proca_stats_seconds_since_last_sync", ()])
     assert samples["proca_stats_sync_failures_total", ()] >= 1
+
+
+def test_calls_refused_before_a_handler_runs_are_counted(
+    start_server: Callable[..., StatsServer], database_url: str
+) -> None:
+    server = start_server(
+        database_url, metrics_listen="127.0.0.1:0", limits=Limits(max_request_bytes=1024)
+    )
+    wait_for(lambda: server.store.synced_at, what="the first calculation")
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        for method, body, code in (
+            (f"/{GET_STATS}", b"\x08" * 2048, grpc.StatusCode.RESOURCE_EXHAUSTED),
+            ("/proca.stats.v1.StatsService/NoSuchMethod", b"", grpc.StatusCode.UNIMPLEMENTED),
+        ):
+            with pytest.raises(grpc.RpcError) as refused:
+                channel.unary_unary(method)(body, timeout=5)
+            assert refused.value.code() == code
+    assert server.metrics_port is not None
+    samples = scrape(server.metrics_port)
+    # Too large: gRPC refuses it before any handler, so it is started but never answered.
+    assert samples["proca_stats_rpcs_started_total", (("method", GET_STATS),)] == 1
+    assert ("proca_stats_rpcs_total", (("code", "OK"), ("method", GET_STATS))) not in samples
+    unknown = (("code", "UNIMPLEMENTED"), ("method", "unknown"))
+    assert samples["proca_stats_rpcs_total", unknown] == 1
+
+
+def test_the_sync_log_line_says_what_was_read(
+    server: StatsServer, db: ProcaData, caplog: pytest.LogCaptureFixture
+) -> None:
+    org = db.org()
+    campaign = db.campaign(org)
+    page = db.page(campaign, org)
+    for n in range(3):
+        db.person(campaign, page, f"fp{n}".encode())
+    with caplog.at_level(logging.INFO, logger="proca_stats.server.sync"):
+        resync(server)
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("sync:"))
+    found = re.search(r"1 campaigns in [0-9.]+ s, (\d+) rows read", line)
+    assert found, line
+    # At least: the campaign, its page, its supporters' row and its actions' row.
+    assert int(found.group(1)) >= 4

@@ -1,0 +1,81 @@
+"""The sync's lifecycle on a real PostgreSQL: a stop never waits for a stuck calculation,
+a run is counted when it starts, and no snapshot is held when no refresh will use it."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from collections.abc import Callable
+
+import psycopg
+
+from proca_stats.server.app import StatsServer
+from tests.conftest import actions_locked, clean_env, wait_for, waiting_for_actions
+from tests.proca_data import ProcaData
+
+OWN_CONNECTIONS = """
+    SELECT count(*) FROM pg_stat_activity
+    WHERE datname = current_database() AND application_name = 'proca-stats' AND state = %s
+"""
+
+
+def count(database_url: str, query: str, *params: object) -> int:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = conn.execute(query, params).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def blocked(database_url: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        wait_for(lambda: waiting_for_actions(conn), what="a refresh waiting on the lock")
+
+
+def test_sigterm_during_a_calculation_stuck_on_a_lock_exits_without_waiting_for_it(
+    serve: Callable[..., tuple[subprocess.Popen[str], int]], database_url: str
+) -> None:
+    process, _ = serve(env=clean_env(DATABASE_URL=database_url, SYNC_INTERVAL="100"))
+    with actions_locked(database_url):
+        blocked(database_url)
+        process.send_signal(signal.SIGTERM)
+        # Without cancelling, the stop would wait for the lock, held until after this.
+        _, stderr = process.communicate(timeout=30)
+        assert process.returncode == 0, stderr
+    assert "the running refresh was cancelled" in stderr
+    assert "Traceback" not in stderr
+
+
+def test_a_sync_run_is_counted_when_it_starts(
+    start_server: Callable[..., StatsServer], database_url: str
+) -> None:
+    server = start_server(database_url, sync_interval_ms=100, metrics_listen="127.0.0.1:0")
+    wait_for(lambda: server.store.synced_at, what="the first calculation")
+    registry = server.metrics.registry
+
+    def sample(name: str) -> float:
+        value = registry.get_sample_value(name)
+        assert value is not None
+        return value
+
+    with actions_locked(database_url):
+        blocked(database_url)
+        finished = sample("proca_stats_sync_duration_seconds_count") + sample(
+            "proca_stats_sync_failures_total"
+        )
+        assert sample("proca_stats_sync_runs_total") == finished + 1  # the one waiting
+
+
+def test_without_a_next_refresh_no_snapshot_transaction_stays_open(
+    server: StatsServer, database_url: str
+) -> None:
+    # `server` runs with sync_interval_ms=0: one calculation, then only when asked.
+    assert count(database_url, OWN_CONNECTIONS, "idle in transaction") == 0
+
+
+def test_with_a_next_refresh_the_snapshot_is_held_for_it(
+    start_server: Callable[..., StatsServer], database_url: str, db: ProcaData
+) -> None:
+    """The other side of the test above: an incremental refresh needs the held snapshot."""
+    server = start_server(database_url, sync_interval_ms=3_600_000)
+    wait_for(lambda: server.store.synced_at, what="the first calculation")
+    assert count(database_url, OWN_CONNECTIONS, "idle in transaction") == 1
