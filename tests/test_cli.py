@@ -407,3 +407,19 @@ def test_serve_mistakes_end_before_the_embedded_postgres_starts(
     done = run_cli("serve", "--data-dir", str(tmp_path), *args)
     assert_one_line_error(done, "cannot read /no")
     assert not (tmp_path / "pgdata").exists(), "started an embedded PostgreSQL for nothing"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("serve", "--listen", "127.0.0.1:0", "--database-url", "postgresql://127.0.0.1:1/x"),
+        ("get", "1"),
+    ],
+)
+def test_a_token_file_that_is_not_ascii_text_ends_with_one_line(
+    command: tuple[str, ...], tmp_path: Path
+) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_bytes("secret-token\n".encode("utf-16"))  # as some editors save
+    done = run_cli(*command, "--token-file", str(tokens))
+    assert_one_line_error(done, f"--token-file: {tokens} line 1: a token must be printable ASCII")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 import pytest
 from hypothesis import given
@@ -9,6 +11,7 @@ from hypothesis import strategies as st
 
 from proca_stats import client as client_errors
 from proca_stats.client.v1 import stats_pb2
+from proca_stats.server.auth import load_tokens, presented_token
 from proca_stats.server.config import ConfigError, parse_count, parse_listen, parse_milliseconds
 from proca_stats.server.counters import CampaignCounters, Increment, incremented
 from proca_stats.server.sync import backoff_delay
@@ -160,3 +163,36 @@ def test_a_kept_get_stats_answer_is_a_watch_stats_message(stats: stats_pb2.Campa
     for response in (stats_pb2.GetStatsResponse, stats_pb2.WatchStatsResponse):
         (field,) = response.DESCRIPTOR.fields
         assert (field.number, field.message_type.full_name) == (1, "proca.stats.v1.CampaignStats")
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "bEaReR"])
+def test_the_bearer_scheme_is_matched_without_regard_to_case(scheme: str) -> None:
+    metadata = [("user-agent", "test"), ("authorization", f"{scheme} alpha-token")]
+    assert presented_token(metadata) == b"alpha-token"
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [None, [], [("authorization", "Basic YWxhZGRpbg==")], [("authorization", "alpha-token")],
+     [("authorization", "Bearers alpha-token")], [("authorization", b"Bearer alpha-token")]],
+)  # fmt: skip
+def test_no_bearer_token_is_presented(metadata: list[tuple[str, str | bytes]] | None) -> None:
+    assert presented_token(metadata) is None
+
+
+def test_load_tokens_skips_comments_in_any_text(tmp_path: Path) -> None:
+    path = tmp_path / "tokens"
+    path.write_bytes("# für Zürich\xff\n alpha-token \n\n".encode("latin-1") + b"beta token\n")
+    assert load_tokens(path) == (b"alpha-token", b"beta token")
+
+
+@pytest.mark.parametrize(
+    "content", [b"alpha\nb\xe9ta\n", "alpha\ntöken\n".encode(), b"alpha\na\tb\n"]
+)
+def test_load_tokens_refuses_a_token_that_is_not_printable_ascii(
+    tmp_path: Path, content: bytes
+) -> None:
+    path = tmp_path / "tokens"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=r"^--token-file: .* line 2: .*printable ASCII"):
+        load_tokens(path)
