@@ -12,7 +12,14 @@ from hypothesis import strategies as st
 from proca_stats import client as client_errors
 from proca_stats.client.v1 import stats_pb2
 from proca_stats.server.auth import load_tokens, presented_token
-from proca_stats.server.config import ConfigError, parse_count, parse_listen, parse_milliseconds
+from proca_stats.server.config import (
+    ConfigError,
+    parse_count,
+    parse_int64,
+    parse_listen,
+    parse_milliseconds,
+    parse_seconds,
+)
 from proca_stats.server.counters import CampaignCounters, Increment, incremented
 from proca_stats.server.sync import backoff_delay
 from proca_stats.server.validation import ValidationError, increment_from, watch_from
@@ -91,6 +98,34 @@ def test_parse_count() -> None:
             parse_count("--max-watchers", bad, minimum=0)
     with pytest.raises(ConfigError, match="--max-campaigns: must be >= 1, got 0"):
         parse_count("--max-campaigns", "0")
+    assert parse_count("--max-request-bytes", "7", maximum=7) == 7
+    with pytest.raises(ConfigError, match="--max-request-bytes: must be <= 7, got 8"):
+        parse_count("--max-request-bytes", "8", maximum=7)
+
+
+def test_milliseconds_stop_at_int32() -> None:
+    assert parse_milliseconds("--sync-timeout", str(2**31 - 1)) == 2**31 - 1
+    with pytest.raises(ConfigError, match="--sync-timeout: must be <= 2147483647"):
+        parse_milliseconds("--sync-timeout", str(2**31))
+
+
+def test_parse_seconds() -> None:
+    assert parse_seconds("2.5") == 2.5
+    assert parse_seconds("0", zero=True) == 0
+    assert parse_seconds("1e9") == 1e9
+    for bad in ("0", "-1", "nan", "inf", "-inf", "1e300", "soon", ""):
+        with pytest.raises(ValueError, match=r"^expected seconds, a number > 0"):
+            parse_seconds(bad)
+    with pytest.raises(ValueError, match=r"^expected seconds, a number >= 0 .*got 'nan'"):
+        parse_seconds("nan", zero=True)
+
+
+def test_parse_int64() -> None:
+    for good in (2**63 - 1, -(2**63), 0, 42):
+        assert parse_int64(str(good)) == good
+    for bad in (str(2**63), str(-(2**63) - 1), "1.0", "one", ""):
+        with pytest.raises(ValueError, match=r"^expected a 64-bit whole number"):
+            parse_int64(bad)
 
 
 @pytest.mark.parametrize(("asked", "seconds"), [(0, 1.0), (100, 0.1), (2500, 2.5)])
