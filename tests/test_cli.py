@@ -562,3 +562,18 @@ def test_tls_files_that_do_not_fit_end_with_one_line(
 ) -> None:
     done = run_cli(*(arg.format(**pem_files) for arg in args))
     assert_one_line_error(done, *(fragment.format(**pem_files) for fragment in fragments))
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("get", "1"),
+        ("--log-level", "DEBUG", "get", "1"),
+        ("increment", "--campaign", "1", "--org", "1", "--type", "x"),
+    ],
+)
+def test_a_failing_call_prints_no_grpc_core_log_lines(command: tuple[str, ...]) -> None:
+    env = clean_env()
+    env.pop("GRPC_VERBOSITY", None)
+    done = run_cli(*command, "--target", "dns:///", "--timeout", "2", env=env)
+    assert_one_line_error(done, "'dns:///'")

@@ -21,6 +21,7 @@ from proca_stats.server.config import (
     parse_seconds,
 )
 from proca_stats.server.counters import CampaignCounters, Increment, incremented
+from proca_stats.server.main import command_of
 from proca_stats.server.sync import backoff_delay
 from proca_stats.server.validation import ValidationError, increment_from, watch_from
 from proca_stats.server.watchers import Watchers, WatchersClosed, WatchersFull
@@ -231,3 +232,18 @@ def test_load_tokens_refuses_a_token_that_is_not_printable_ascii(
     path.write_bytes(content)
     with pytest.raises(ConfigError, match=r"^--token-file: .* line 2: .*printable ASCII"):
         load_tokens(path)
+
+
+@pytest.mark.parametrize(
+    ("argv", "command"),
+    [
+        ([], None),
+        (["--help"], None),
+        (["get", "1"], "get"),
+        (["--log-level", "DEBUG", "increment", "--type", "serve"], "increment"),
+        (["--log-level=DEBUG", "get"], "get"),
+        (["--log-level", "get", "serve"], "serve"),  # the level, however wrong, is no command
+    ],
+)
+def test_command_of(argv: list[str], command: str | None) -> None:
+    assert command_of(argv) == command
