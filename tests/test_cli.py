@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 import psycopg
 import pytest
+from cryptography.hazmat.primitives import serialization
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -518,7 +519,8 @@ def test_a_token_file_that_is_not_ascii_text_ends_with_one_line(
 
 @pytest.fixture
 def pem_files(tmp_path: Path) -> dict[str, str]:
-    """Paths of a CA, a server certificate and key, another key, and a PEM file of garbage."""
+    """Paths of a CA, a server certificate and key, another key, the server key encrypted, and a PEM
+    file of garbage."""
     authority = Authority(tmp_path, "ca")
     issued = authority.issue("server", server=True)
     other = authority.issue("other", server=True)
@@ -526,8 +528,17 @@ def pem_files(tmp_path: Path) -> dict[str, str]:
     garbage.write_text(
         "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n"
     )
+    encrypted = tmp_path / "encrypted.key"
+    encrypted.write_bytes(
+        serialization.load_pem_private_key(issued.key_pem, None).private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"passphrase"),
+        )
+    )
     paths = {"ca": authority.cert, "cert": issued.cert, "key": issued.key, "other_key": other.key}
-    return {name: str(path) for name, path in (paths | {"garbage": garbage}).items()}
+    more = {"encrypted_key": encrypted, "garbage": garbage}
+    return {name: str(path) for name, path in (paths | more).items()}
 
 
 SERVE = ("serve", "--listen", "127.0.0.1:0", "--database-url", "postgresql://127.0.0.1:1/x")
@@ -546,6 +557,8 @@ INCREMENT = ("increment", "--campaign", "1", "--org", "1", "--type", "x", "--tar
          ("--tls-cert: {key} holds no certificate",)),
         ((*SERVE, "--tls-cert", "{cert}", "--tls-key", "{garbage}"),
          ("--tls-key: {garbage} holds no private key",)),
+        ((*SERVE, "--tls-cert", "{cert}", "--tls-key", "{encrypted_key}"),
+         ("--tls-key: {encrypted_key} is encrypted",)),
         ((*SERVE, "--tls-cert", "{cert}", "--tls-key", "{key}", "--tls-client-ca", "{key}"),
          ("--tls-client-ca: {key} holds no certificate",)),
         ((*SERVE, "--tls-client-ca", "{ca}"), ("--tls-client-ca: needs --tls-cert and --tls-key",)),
