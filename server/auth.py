@@ -22,17 +22,43 @@ REFLECTION_PREFIXES = ("/grpc.reflection.v1alpha.ServerReflection/", "/grpc.refl
 
 
 def load_tokens(path: Path) -> tuple[bytes, ...]:
-    """The tokens in ``path``: one per line; blank lines and lines starting with # are skipped."""
+    """The tokens in ``path``: one per line; blank lines and lines starting with # are skipped.
+
+    A token must be printable ASCII: it travels in a gRPC metadata value, so a
+    token with any other byte could never be presented (and a comment may still
+    hold any text).
+    """
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_bytes().splitlines()
     except OSError as error:
         raise ConfigError(f"--token-file: cannot read {path}: {error.strerror}") from None
-    tokens = tuple(
-        line.strip().encode() for line in lines if line.strip() and not line.startswith("#")
-    )
+    tokens: list[bytes] = []
+    for number, line in enumerate(lines, start=1):
+        token = line.strip()
+        if not token or line.startswith(b"#"):
+            continue
+        if not all(0x20 <= byte < 0x7F for byte in token):
+            raise ConfigError(
+                f"--token-file: {path} line {number}: a token must be printable ASCII "
+                "(it is sent as gRPC metadata)"
+            )
+        tokens.append(token)
     if not tokens:
         raise ConfigError(f"--token-file: {path} holds no token")
-    return tokens
+    return tuple(tokens)
+
+
+def presented_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> bytes | None:
+    """The token of a call's `authorization: Bearer <token>` metadata, if it has one.
+
+    The scheme is matched without regard to case, as RFC 7235 says of
+    authentication schemes, so `bearer` and `BEARER` clients are not refused.
+    """
+    presented = next((v for k, v in metadata or () if k == "authorization"), None)
+    if not isinstance(presented, str):
+        return None
+    scheme, _, token = presented.partition(" ")
+    return token.encode() if scheme.lower() == "bearer" else None
 
 
 def read_methods(service: ServiceDescriptor) -> frozenset[str]:
@@ -71,10 +97,9 @@ class TokenAuthInterceptor(Interceptor):
         return method in self._reads or method.startswith(REFLECTION_PREFIXES)
 
     def _authorized(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> bool:
-        presented = next((v for k, v in metadata or () if k == "authorization"), None)
-        if not isinstance(presented, str) or not presented.startswith("Bearer "):
+        candidate = presented_token(metadata)
+        if candidate is None:
             return False
-        candidate = presented.removeprefix("Bearer ").encode()
         matched = False
         for token in self._tokens:  # every token is compared: timing tells nothing
             matched |= hmac.compare_digest(candidate, token)

@@ -13,9 +13,11 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from types import FrameType
+from typing import NoReturn, TypeVar
 
 import grpc
 import psycopg
@@ -37,6 +39,7 @@ from .config import (
     DEFAULT_SLOW_SYNC_INTERVAL_MS,
     DEFAULT_SYNC_INTERVAL_MS,
     DEFAULT_SYNC_TIMEOUT_MS,
+    INT32_MAX,
     ConfigError,
     Limits,
     ServeConfig,
@@ -46,8 +49,10 @@ from .config import (
     check_exposure,
     parse_channel,
     parse_count,
+    parse_int64,
     parse_listen,
     parse_milliseconds,
+    parse_seconds,
     parse_switch,
 )
 from .database import (
@@ -58,7 +63,7 @@ from .database import (
 )
 from .logs import configure_logging
 from .messages import campaign_stats
-from .tls import read_pem, read_tls
+from .tls import read_certificates, read_key_pair, read_tls
 
 log = logging.getLogger("proca_stats")
 
@@ -82,24 +87,34 @@ def _database_url(args: argparse.Namespace) -> str:
     return start_embedded(args.data_dir)
 
 
-def _tls(args: argparse.Namespace) -> TlsKeys | None:
-    if not (args.tls_cert or args.tls_key or args.tls_client_ca):
+def _key_pair(args: argparse.Namespace) -> tuple[Path, Path] | None:
+    """--tls-cert and --tls-key, which only go together (gRPC core aborts the process on
+    a client certificate without its key)."""
+    if not (args.tls_cert or args.tls_key):
         return None
     if not (args.tls_cert and args.tls_key):
         raise ConfigError("--tls-cert and --tls-key: TLS needs both the certificate and its key")
-    return read_tls(
-        Path(args.tls_cert),
-        Path(args.tls_key),
-        Path(args.tls_client_ca) if args.tls_client_ca else None,
-    )
+    return Path(args.tls_cert), Path(args.tls_key)
+
+
+def _tls(args: argparse.Namespace) -> TlsKeys | None:
+    pair = _key_pair(args)
+    if pair is None:
+        if args.tls_client_ca:
+            raise ConfigError("--tls-client-ca: needs --tls-cert and --tls-key")
+        return None
+    return read_tls(*pair, Path(args.tls_client_ca) if args.tls_client_ca else None)
 
 
 def serve_config(args: argparse.Namespace) -> ServeConfig:
-    """The server's settings from flags and environment, each checked with a one-line error."""
+    """The server's settings from flags and environment, each checked with a one-line error.
+
+    Whether the port can be bound is asked last, so that a mistake in another flag is
+    reported as such even while the port is taken.
+    """
     host, port = parse_listen(args.listen)
     tls = _tls(args)
     check_exposure(host, tls, args.insecure)
-    check_can_listen(host, port)
     if args.metrics_listen:
         parse_listen(args.metrics_listen, "--metrics-listen")
     if args.protect_reads and not args.token_file:
@@ -107,7 +122,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
     sync_url = args.sync_database_url and check_database_url(
         args.sync_database_url, "--sync-database-url"
     )
-    return ServeConfig(
+    config = ServeConfig(
         listen=args.listen,
         database_url=args.database_url,
         sync_interval_ms=parse_milliseconds("--sync-interval", args.sync_interval),
@@ -123,13 +138,17 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         limits=Limits(
             max_campaigns=parse_count("--max-campaigns", args.max_campaigns),
             max_keys_per_map=parse_count("--max-keys-per-map", args.max_keys_per_map),
-            max_request_bytes=parse_count("--max-request-bytes", args.max_request_bytes),
+            max_request_bytes=parse_count(
+                "--max-request-bytes", args.max_request_bytes, maximum=INT32_MAX
+            ),
         ),
         metrics_listen=args.metrics_listen,
         fanout=args.fanout or parse_switch("PROCA_STATS_FANOUT", _env("PROCA_STATS_FANOUT")),
         fanout_channel=parse_channel("--fanout-channel", args.fanout_channel),
         sync_database_url=sync_url,
     )
+    check_can_listen(host, port)
+    return config
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -154,18 +173,19 @@ def cmd_serve(args: argparse.Namespace) -> None:
     log.info("stopped")
 
 
-def _pem(flag: str, path: str | None) -> bytes | None:
-    return read_pem(flag, Path(path)) if path else None
-
-
 def _client(args: argparse.Namespace) -> StatsClient:
     """A client with the TLS and token options of `get` and `increment`."""
+    if not args.target.strip():
+        raise ConfigError(
+            f"--target: expected HOST:PORT such as {DEFAULT_TARGET}, got {args.target!r}"
+        )
+    pair = _key_pair(args)
     credentials = None
-    if args.tls or args.tls_ca or args.tls_cert:
+    if args.tls or args.tls_ca or pair:
+        cert, key = read_key_pair(*pair) if pair else (None, None)
+        ca = read_certificates("--tls-ca", Path(args.tls_ca)) if args.tls_ca else None
         credentials = grpc.ssl_channel_credentials(
-            root_certificates=_pem("--tls-ca", args.tls_ca),
-            private_key=_pem("--tls-key", args.tls_key),
-            certificate_chain=_pem("--tls-cert", args.tls_cert),
+            root_certificates=ca, private_key=key, certificate_chain=cert
         )
     token = load_tokens(Path(args.token_file))[0].decode() if args.token_file else None
     return StatsClient(args.target, timeout=args.timeout, credentials=credentials, token=token)
@@ -204,6 +224,30 @@ def cmd_dump(args: argparse.Namespace) -> None:
     for campaign_id in sorted(snapshot.campaigns):
         counters = snapshot.campaigns[campaign_id]
         print(to_json(campaign_stats(campaign_id, counters, snapshot.taken_at)))
+
+
+T = TypeVar("T")
+
+
+def _checked(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """An argparse type that shows why ``parse`` refused a value: argparse itself would only
+    say "invalid value"."""
+
+    def convert(value: str) -> T:
+        try:
+            return parse(value)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return convert
+
+
+class Parser(argparse.ArgumentParser):
+    """Reports a malformed command line in one line, like every other mistake (exit status 2);
+    --help still shows the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"proca-stats: error: {message.removeprefix('argument ')}\n")
 
 
 def _env(name: str, fallback: str | None = None) -> str | None:
@@ -340,7 +384,7 @@ def _add_serve_options(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--log-format", choices=["text", "json"], default="text")
     serve.add_argument(
         "--grace",
-        type=float,
+        type=_checked(partial(parse_seconds, zero=True)),
         default=10.0,
         metavar="SECONDS",
         help="how long in-flight RPCs may finish on SIGTERM/SIGINT (default 10)",
@@ -355,7 +399,11 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
         help=f"server to call (env PROCA_STATS_TARGET, default {DEFAULT_TARGET})",
     )
     parser.add_argument(
-        "--timeout", type=float, default=5.0, metavar="SECONDS", help="deadline of the call"
+        "--timeout",
+        type=_checked(parse_seconds),
+        default=5.0,
+        metavar="SECONDS",
+        help="deadline of the call",
     )
     parser.add_argument("--tls", action="store_true", help="use TLS, trusting the system's CAs")
     parser.add_argument("--tls-ca", metavar="FILE", help="use TLS, trusting this PEM CA")
@@ -370,27 +418,32 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    levels = ["DEBUG", "INFO", "WARNING", "ERROR"]
+    parser = Parser(
         prog="proca-stats", description="Live campaign counters of a Proca database, over gRPC."
     )
-    parser.add_argument(
-        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
-    )
+    parser.add_argument("--log-level", default="INFO", choices=levels)
+    # Every command takes --log-level too, after its name; SUPPRESS keeps a command that
+    # is not given it from overwriting the one given before the name.
+    common = Parser(add_help=False)
+    common.add_argument("--log-level", default=argparse.SUPPRESS, choices=levels)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    command = partial(commands.add_parser, parents=[common])
 
-    serve = commands.add_parser("serve", help="run the server")
+    serve = command("serve", help="run the server")
     _add_database_options(serve)
     _add_serve_options(serve)
     serve.set_defaults(run=cmd_serve)
 
-    get = commands.add_parser("get", help="print a campaign's stats as JSON")
-    get.add_argument("campaign_id", type=int, metavar="CAMPAIGN_ID")
+    int64 = _checked(parse_int64)  # ids; whether they are > 0 is the server's to say
+    get = command("get", help="print a campaign's stats as JSON")
+    get.add_argument("campaign_id", type=int64, metavar="CAMPAIGN_ID")
     _add_client_options(get)
     get.set_defaults(run=cmd_get)
 
-    increment = commands.add_parser("increment", help="count one action")
-    increment.add_argument("--campaign", type=int, required=True, metavar="ID")
-    increment.add_argument("--org", type=int, required=True, metavar="ID")
+    increment = command("increment", help="count one action")
+    increment.add_argument("--campaign", type=int64, required=True, metavar="ID")
+    increment.add_argument("--org", type=int64, required=True, metavar="ID")
     increment.add_argument("--type", required=True, metavar="TYPE", help="action type")
     increment.add_argument("--area", metavar="AREA")
     increment.add_argument(
@@ -398,16 +451,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     increment.add_argument(
         "--action-id",
-        type=int,
+        type=int64,
         metavar="ID",
         help="the stored action's id: a retried call then counts once",
     )
     _add_client_options(increment)
     increment.set_defaults(run=cmd_increment)
 
-    db = commands.add_parser("db", help="database commands")
+    db = command("db", help="database commands")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND")
-    db_init = db_commands.add_parser("init", help="create the tables proca-stats reads, if missing")
+    db_init = db_commands.add_parser(
+        "init", parents=[common], help="create the tables proca-stats reads, if missing"
+    )
     _add_database_options(db_init)
     db_init.add_argument(
         "--recommended-indexes",
@@ -416,7 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     db_init.set_defaults(run=cmd_db_init)
 
-    dump = commands.add_parser("dump", help="run one full calculation, print JSON lines")
+    dump = command("dump", help="run one full calculation, print JSON lines")
     _add_database_options(dump)
     dump.set_defaults(run=cmd_dump)
     return parser

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,20 +141,68 @@ def parse_switch(name: str, value: str | None) -> bool:
     raise ConfigError(f"{name}: expected 1 or 0, got {value!r}")
 
 
-def parse_count(flag: str, value: str, minimum: int = 1, unit: str = "a whole number") -> int:
-    """A whole number, at least ``minimum`` (a cap, a size, a duration in ``unit``)."""
+# gRPC's integer options and PostgreSQL's statement_timeout (in ms) stop here, and
+# thread waits of more milliseconds overflow.
+INT32_MAX = 2**31 - 1
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # a proto int64 field, such as an id
+
+
+def parse_count(
+    flag: str,
+    value: str,
+    minimum: int = 1,
+    unit: str = "a whole number",
+    maximum: int | None = None,
+) -> int:
+    """A whole number from ``minimum`` to ``maximum`` (a cap, a size, a duration in ``unit``)."""
     try:
         count = int(value)
     except ValueError:
         raise ConfigError(f"{flag}: expected {unit}, got {value!r}") from None
     if count < minimum:
         raise ConfigError(f"{flag}: must be >= {minimum}, got {count}")
+    if maximum is not None and count > maximum:
+        raise ConfigError(f"{flag}: must be <= {maximum}, got {count}")
     return count
 
 
 def parse_milliseconds(flag: str, value: str) -> int:
-    """A duration in whole milliseconds, 0 or more."""
-    return parse_count(flag, value, minimum=0, unit="milliseconds")
+    """A duration in whole milliseconds, 0 to INT32_MAX (almost 25 days)."""
+    return parse_count(flag, value, minimum=0, unit="milliseconds", maximum=INT32_MAX)
+
+
+def parse_seconds(value: str, *, zero: bool = False) -> float:
+    """A duration in seconds for a flag's argparse type: finite, more than 0 (or 0 too when
+    ``zero``), at most what a thread can wait; nan or inf would end inside a wait, in an
+    OverflowError or never.
+
+    The ValueError says what was wrong without naming the flag: argparse adds it.
+    """
+    bound = ">= 0" if zero else "> 0"
+    expected = f"expected seconds, a number {bound} and <= {threading.TIMEOUT_MAX:.0f}"
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError(f"{expected}, got {value!r}") from None
+    if not (0 <= seconds <= threading.TIMEOUT_MAX) or (seconds == 0 and not zero):
+        raise ValueError(f"{expected}, got {value!r}")
+    return seconds
+
+
+def parse_int64(value: str) -> int:
+    """An id for a flag's argparse type: a whole number that fits a proto int64 field
+    (protobuf would raise on more). Whether it is > 0 is the server's to say.
+
+    The ValueError says what was wrong without naming the flag: argparse adds it.
+    """
+    expected = f"expected a 64-bit whole number (at most {INT64_MAX})"
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"{expected}, got {value!r}") from None
+    if not INT64_MIN <= number <= INT64_MAX:
+        raise ValueError(f"{expected}, got {value!r}")
+    return number
 
 
 def is_loopback(host: str) -> bool:

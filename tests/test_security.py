@@ -17,6 +17,7 @@ from proca_stats.client import (
     Unauthenticated,
     Unavailable,
 )
+from proca_stats.client.v1 import stats_pb2, stats_pb2_grpc
 from proca_stats.server.app import StatsServer
 from proca_stats.server.auth import load_tokens
 from proca_stats.server.config import ConfigError, Limits, TlsKeys, check_exposure, is_loopback
@@ -111,6 +112,21 @@ def test_tokens_guard_increment_and_leave_reads_open(
     with StatsClient(target) as reader:
         assert reader.get_stats(1).supporters == 2
     assert health_status(server.port) == health_pb2.HealthCheckResponse.SERVING
+
+
+@pytest.mark.parametrize("scheme", ["bearer", "BEARER"])
+def test_the_bearer_scheme_is_case_insensitive(
+    start_server: Callable[..., StatsServer], database_url: str, token_file: Path, scheme: str
+) -> None:
+    server = started(start_server(database_url, tokens=load_tokens(token_file)))
+    request = stats_pb2.IncrementRequest(
+        campaign_id=1, org_id=1, action_type="signature", new_supporter=True
+    )
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stats_pb2_grpc.StatsServiceStub(channel).Increment(
+            request, timeout=5, metadata=(("authorization", f"{scheme} alpha-token"),)
+        )
+    assert server.store.get(1)[0].supporters == 1
 
 
 def test_protect_reads_guards_get_stats_but_not_health(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 import pytest
 from hypothesis import given
@@ -9,8 +11,17 @@ from hypothesis import strategies as st
 
 from proca_stats import client as client_errors
 from proca_stats.client.v1 import stats_pb2
-from proca_stats.server.config import ConfigError, parse_count, parse_listen, parse_milliseconds
+from proca_stats.server.auth import load_tokens, presented_token
+from proca_stats.server.config import (
+    ConfigError,
+    parse_count,
+    parse_int64,
+    parse_listen,
+    parse_milliseconds,
+    parse_seconds,
+)
 from proca_stats.server.counters import CampaignCounters, Increment, incremented
+from proca_stats.server.main import command_of
 from proca_stats.server.sync import backoff_delay
 from proca_stats.server.validation import ValidationError, increment_from, watch_from
 from proca_stats.server.watchers import Watchers, WatchersClosed, WatchersFull
@@ -88,6 +99,34 @@ def test_parse_count() -> None:
             parse_count("--max-watchers", bad, minimum=0)
     with pytest.raises(ConfigError, match="--max-campaigns: must be >= 1, got 0"):
         parse_count("--max-campaigns", "0")
+    assert parse_count("--max-request-bytes", "7", maximum=7) == 7
+    with pytest.raises(ConfigError, match="--max-request-bytes: must be <= 7, got 8"):
+        parse_count("--max-request-bytes", "8", maximum=7)
+
+
+def test_milliseconds_stop_at_int32() -> None:
+    assert parse_milliseconds("--sync-timeout", str(2**31 - 1)) == 2**31 - 1
+    with pytest.raises(ConfigError, match="--sync-timeout: must be <= 2147483647"):
+        parse_milliseconds("--sync-timeout", str(2**31))
+
+
+def test_parse_seconds() -> None:
+    assert parse_seconds("2.5") == 2.5
+    assert parse_seconds("0", zero=True) == 0
+    assert parse_seconds("1e9") == 1e9
+    for bad in ("0", "-1", "nan", "inf", "-inf", "1e300", "soon", ""):
+        with pytest.raises(ValueError, match=r"^expected seconds, a number > 0"):
+            parse_seconds(bad)
+    with pytest.raises(ValueError, match=r"^expected seconds, a number >= 0 .*got 'nan'"):
+        parse_seconds("nan", zero=True)
+
+
+def test_parse_int64() -> None:
+    for good in (2**63 - 1, -(2**63), 0, 42):
+        assert parse_int64(str(good)) == good
+    for bad in (str(2**63), str(-(2**63) - 1), "1.0", "one", ""):
+        with pytest.raises(ValueError, match=r"^expected a 64-bit whole number"):
+            parse_int64(bad)
 
 
 @pytest.mark.parametrize(("asked", "seconds"), [(0, 1.0), (100, 0.1), (2500, 2.5)])
@@ -160,3 +199,51 @@ def test_a_kept_get_stats_answer_is_a_watch_stats_message(stats: stats_pb2.Campa
     for response in (stats_pb2.GetStatsResponse, stats_pb2.WatchStatsResponse):
         (field,) = response.DESCRIPTOR.fields
         assert (field.number, field.message_type.full_name) == (1, "proca.stats.v1.CampaignStats")
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "bEaReR"])
+def test_the_bearer_scheme_is_matched_without_regard_to_case(scheme: str) -> None:
+    metadata = [("user-agent", "test"), ("authorization", f"{scheme} alpha-token")]
+    assert presented_token(metadata) == b"alpha-token"
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [None, [], [("authorization", "Basic YWxhZGRpbg==")], [("authorization", "alpha-token")],
+     [("authorization", "Bearers alpha-token")], [("authorization", b"Bearer alpha-token")]],
+)  # fmt: skip
+def test_no_bearer_token_is_presented(metadata: list[tuple[str, str | bytes]] | None) -> None:
+    assert presented_token(metadata) is None
+
+
+def test_load_tokens_skips_comments_in_any_text(tmp_path: Path) -> None:
+    path = tmp_path / "tokens"
+    path.write_bytes("# für Zürich\xff\n alpha-token \n\n".encode("latin-1") + b"beta token\n")
+    assert load_tokens(path) == (b"alpha-token", b"beta token")
+
+
+@pytest.mark.parametrize(
+    "content", [b"alpha\nb\xe9ta\n", "alpha\ntöken\n".encode(), b"alpha\na\tb\n"]
+)
+def test_load_tokens_refuses_a_token_that_is_not_printable_ascii(
+    tmp_path: Path, content: bytes
+) -> None:
+    path = tmp_path / "tokens"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=r"^--token-file: .* line 2: .*printable ASCII"):
+        load_tokens(path)
+
+
+@pytest.mark.parametrize(
+    ("argv", "command"),
+    [
+        ([], None),
+        (["--help"], None),
+        (["get", "1"], "get"),
+        (["--log-level", "DEBUG", "increment", "--type", "serve"], "increment"),
+        (["--log-level=DEBUG", "get"], "get"),
+        (["--log-level", "get", "serve"], "serve"),  # the level, however wrong, is no command
+    ],
+)
+def test_command_of(argv: list[str], command: str | None) -> None:
+    assert command_of(argv) == command

@@ -1,0 +1,38 @@
+"""The `proca-stats` executable: quiets gRPC core's own log lines for the client commands.
+
+gRPC core writes its errors to stderr itself (`E0000 ...` lines, `WARNING: All log
+messages before absl::InitializeLog() ...`), and reads GRPC_VERBOSITY only once,
+when grpc is first imported: so it is decided here, before `cli` imports grpc.
+`get` and `increment` report every failure in one line of their own, which
+core's lines would only bury; `serve` keeps them, as an operator's diagnostics.
+A GRPC_VERBOSITY the caller sets wins.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+CLIENT_COMMANDS = frozenset({"get", "increment"})
+
+
+def command_of(argv: Sequence[str]) -> str | None:
+    """The command's name: the first word that is neither an option nor the value of
+    --log-level, the one option that takes a value before the command."""
+    words = iter(argv)
+    for word in words:
+        if word == "--log-level":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    if command_of(argv) in CLIENT_COMMANDS:
+        os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+    from .cli import main as run  # only now: grpc must not be imported before this point
+
+    run(argv)
