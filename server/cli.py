@@ -138,6 +138,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         limits=Limits(
             max_campaigns=parse_count("--max-campaigns", args.max_campaigns),
             max_keys_per_map=parse_count("--max-keys-per-map", args.max_keys_per_map),
+            max_action_ids=parse_count("--max-action-ids", args.max_action_ids),
             max_request_bytes=parse_count(
                 "--max-request-bytes", args.max_request_bytes, maximum=INT32_MAX
             ),
@@ -350,6 +351,12 @@ def _add_serve_options(serve: argparse.ArgumentParser) -> None:
             "PROCA_STATS_MAX_KEYS_PER_MAP",
             str(limits.max_keys_per_map),
             "distinct action types, areas or orgs that Increments may create per campaign",
+        ),
+        (
+            "--max-action-ids",
+            "PROCA_STATS_MAX_ACTION_IDS",
+            str(limits.max_action_ids),
+            "action ids remembered between two syncs, so that retries count once",
         ),
         (
             "--max-watchers",

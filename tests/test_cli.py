@@ -474,6 +474,7 @@ def test_token_and_tls_options_of_the_client_commands(
         (("--token-file", "/nonexistent"), ("--token-file: cannot read /nonexistent",)),
         (("--protect-reads",), ("--protect-reads: needs --token-file",)),
         (("--max-campaigns", "0"), ("--max-campaigns: must be >= 1",)),
+        (("--max-action-ids", "0"), ("--max-action-ids: must be >= 1",)),
         (("--metrics-listen", "nowhere"), ("--metrics-listen: expected HOST:PORT",)),
         (("--fanout", "--fanout-channel", "Stats"), ("--fanout-channel: expected a PostgreSQL",)),
         (("--fanout-channel", "1st"), ("--fanout-channel: expected a PostgreSQL identifier",)),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from pathlib import Path
@@ -31,3 +32,20 @@ def test_ruff(command: tuple[str, ...]) -> None:
 def test_mypy_strict_on_the_installed_package() -> None:
     done = run("-m", "mypy", "-p", "proca_stats.server", "-p", "proca_stats.client")
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_every_flag_is_in_the_readme_configuration_table() -> None:
+    from proca_stats.server.cli import build_parser
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    commands = [build_parser()]
+    flags: set[str] = set()
+    while commands:
+        parser = commands.pop()
+        for action in parser._actions:  # argparse keeps no public list of its options
+            flags.update(o for o in action.option_strings if o.startswith("--") and o != "--help")
+            if isinstance(action, argparse._SubParsersAction):
+                commands.extend(action.choices.values())
+    missing = sorted(f for f in flags if f"`{f}" not in table)
+    assert not missing, f"flags missing from the README's Configuration table: {missing}"
