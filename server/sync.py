@@ -148,12 +148,7 @@ class SyncWorker:
                 full=full, increments_before=self._increments_before()
             )
             self._listener.delivered(snapshot, self._refresher.seen, report.seconds)
-            if self._interval:
-                self._refresher.settle()
-            else:
-                # No next refresh is scheduled: an open transaction kept for one
-                # would hold back VACUUM for the life of the server.
-                self._refresher.abandon()
+            self._refresher.settle()
         except Exception as error:
             self._refresher.abandon()
             if self._stopping and isinstance(

@@ -1,5 +1,5 @@
 """The sync's lifecycle on a real PostgreSQL: a stop never waits for a stuck calculation,
-a run is counted when it starts, and no snapshot is held when no refresh will use it."""
+and a run is counted when it starts."""
 
 from __future__ import annotations
 
@@ -11,19 +11,6 @@ import psycopg
 
 from proca_stats.server.app import StatsServer
 from tests.conftest import actions_locked, clean_env, wait_for, waiting_for_actions
-from tests.proca_data import ProcaData
-
-OWN_CONNECTIONS = """
-    SELECT count(*) FROM pg_stat_activity
-    WHERE datname = current_database() AND application_name = 'proca-stats' AND state = %s
-"""
-
-
-def count(database_url: str, query: str, *params: object) -> int:
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        row = conn.execute(query, params).fetchone()
-    assert row is not None
-    return int(row[0])
 
 
 def blocked(database_url: str) -> None:
@@ -63,19 +50,3 @@ def test_a_sync_run_is_counted_when_it_starts(
             "proca_stats_sync_failures_total"
         )
         assert sample("proca_stats_sync_runs_total") == finished + 1  # the one waiting
-
-
-def test_without_a_next_refresh_no_snapshot_transaction_stays_open(
-    server: StatsServer, database_url: str
-) -> None:
-    # `server` runs with sync_interval_ms=0: one calculation, then only when asked.
-    assert count(database_url, OWN_CONNECTIONS, "idle in transaction") == 0
-
-
-def test_with_a_next_refresh_the_snapshot_is_held_for_it(
-    start_server: Callable[..., StatsServer], database_url: str, db: ProcaData
-) -> None:
-    """The other side of the test above: an incremental refresh needs the held snapshot."""
-    server = start_server(database_url, sync_interval_ms=3_600_000)
-    wait_for(lambda: server.store.synced_at, what="the first calculation")
-    assert count(database_url, OWN_CONNECTIONS, "idle in transaction") == 1
