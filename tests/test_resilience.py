@@ -9,10 +9,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from proca_stats.client import StatsClient, StatsError
+from proca_stats.client import StatsClient, StatsError, Unavailable
 from proca_stats.server.app import StatsServer
 from proca_stats.server.database import init_schema
-from tests.conftest import wait_for
+from tests.conftest import is_serving, wait_for
 from tests.controlled_postgres import ControlledPostgres
 from tests.proca_data import ProcaData
 
@@ -183,3 +183,21 @@ def test_never_two_calculations_at_once(
     finally:
         lock.close()
     wait_for(lambda: server.store.synced_at != first, what="the calculation to finish")
+
+
+def test_database_down_at_start_then_serving_once_it_is_up(
+    own_postgres: ControlledPostgres, start_server: Callable[..., StatsServer]
+) -> None:
+    """Not a missing database this time: the PostgreSQL server itself refuses connections."""
+    campaign = one_campaign(own_postgres.url)
+    own_postgres.stop()
+    server = start_server(own_postgres.url, connect_timeout=1.0)
+    wait_for(lambda: failures(server) >= 2, what="the first calculations to fail")
+    assert not is_serving(server.port)
+    with StatsClient(f"127.0.0.1:{server.port}") as client:
+        with pytest.raises(Unavailable):
+            client.get_stats(campaign)
+        own_postgres.start()
+        wait_for(lambda: is_serving(server.port), timeout=60, what="SERVING after the start")
+        assert client.get_stats(campaign).supporters == 6
+    assert server.sync.is_alive()
