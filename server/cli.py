@@ -59,6 +59,7 @@ from .database import (
     EmbeddedDatabaseError,
     create_recommended_indexes,
     init_schema,
+    leave_embedded,
     start_embedded,
 )
 from .logs import configure_logging
@@ -152,23 +153,56 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
     return config
 
 
+class _StopSignals:
+    """SIGTERM and SIGINT of `serve`: the first asks for a graceful stop, a second for an exit
+    at once.
+
+    The handlers are installed before the embedded PostgreSQL starts, so a signal then cannot
+    kill the process with PostgreSQL left running. An exit at once waits for that start to end:
+    exiting earlier would leave initdb or pg_ctl to finish on their own and start a PostgreSQL
+    that nobody stops.
+    """
+
+    def __init__(self) -> None:
+        self.stopping = threading.Event()
+        self._received: list[int] = []
+        self._may_exit_at_once = False
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._received.append(signum)
+        if len(self._received) > 1 and self._may_exit_at_once:
+            _exit_at_once(signum)
+        self.stopping.set()
+
+    def allow_exit_at_once(self) -> None:
+        """From now on a second signal ends the process at once, one already received too."""
+        self._may_exit_at_once = True
+        if len(self._received) > 1:
+            _exit_at_once(self._received[-1])
+
+
+def _exit_at_once(signum: int) -> NoReturn:
+    """End the process without waiting for in-flight RPCs or threads. ``os._exit`` skips the
+    atexit hook that stops the embedded PostgreSQL, so this process leaves it first."""
+    log.warning("second signal: exiting without waiting for in-flight RPCs")
+    leave_embedded()
+    os._exit(128 + signum)
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     config = serve_config(args)
+    signals = _StopSignals()
     database_url = _database_url(args)
+    signals.allow_exit_at_once()
+    if signals.stopping.is_set():
+        log.info("stopped before serving")
+        return
     server = StatsServer(config, database_url)
-    stopping = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        if stopping.is_set():
-            log.warning("second signal: exiting without waiting for in-flight RPCs")
-            os._exit(128 + signum)
-        stopping.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     server.start()
     log.info("serving proca.stats.v1.StatsService on %s (port %d)", config.listen, server.port)
-    stopping.wait()
+    signals.stopping.wait()
     log.info("stopping: finishing in-flight RPCs (up to %g s)", args.grace)
     server.stop(grace=args.grace)
     log.info("stopped")

