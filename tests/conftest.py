@@ -60,6 +60,17 @@ def figures(stats: CampaignStats) -> CampaignCounters:
     )
 
 
+def postgres_folder() -> tempfile.TemporaryDirectory[str]:
+    """A folder for an embedded PostgreSQL's data.
+
+    Not under pytest's tmp_path: run as root, the embedded PostgreSQL runs as another
+    user, and every pytest session that starts on the machine makes the shared
+    pytest-of-<user> folder private again, cutting that user off from the data
+    directories of the sessions already running.
+    """
+    return tempfile.TemporaryDirectory(prefix="proca-stats-test-")
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """An administrative URL of a running PostgreSQL."""
@@ -67,7 +78,7 @@ def postgres_url() -> Iterator[str]:
     if url:
         yield url
         return
-    with tempfile.TemporaryDirectory(prefix="proca-stats-test-") as tmp:
+    with postgres_folder() as tmp:
         server = embedded_postgres(Path(tmp) / "pgdata", delete=True)
         yield server.get_uri()
         server.cleanup()

@@ -7,7 +7,6 @@ import os
 import signal
 import socket
 import subprocess
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,6 +31,7 @@ from tests.conftest import (
     fanout_serving,
     free_port,
     is_serving,
+    postgres_folder,
     wait_for,
 )
 from tests.proca_data import ProcaData
@@ -108,13 +108,8 @@ def stopped(pgdata: Path, postmaster: int) -> bool:
 @pytest.fixture
 def data_dir() -> Iterator[Path]:
     """A --data-dir for embedded serves; a PostgreSQL they leave running is shut down after the
-    test, so a failing test leaves no server behind.
-
-    Not under tmp_path: run as root, the embedded PostgreSQL runs as another user, and every
-    pytest session that starts on the machine makes the shared pytest-of-<user> folder private
-    again, cutting that user off from the data directories of the sessions already running.
-    """
-    with tempfile.TemporaryDirectory(prefix="proca-stats-test-") as tmp:
+    test, so a failing test leaves no server behind."""
+    with postgres_folder() as tmp:
         yield Path(tmp)
         pgdata = Path(tmp) / "pgdata"
         if (pgdata / "postmaster.pid").exists() and running(postmaster := postmaster_pid(pgdata)):

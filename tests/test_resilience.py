@@ -12,17 +12,18 @@ import pytest
 from proca_stats.client import StatsClient, StatsError, Unavailable
 from proca_stats.server.app import StatsServer
 from proca_stats.server.database import init_schema
-from tests.conftest import is_serving, wait_for
+from tests.conftest import is_serving, postgres_folder, wait_for
 from tests.controlled_postgres import ControlledPostgres
 from tests.proca_data import ProcaData
 
 
 @pytest.fixture
-def own_postgres(tmp_path: Path) -> Iterator[ControlledPostgres]:
-    postgres = ControlledPostgres(tmp_path)
-    init_schema(postgres.url)
-    yield postgres
-    postgres.close()
+def own_postgres() -> Iterator[ControlledPostgres]:
+    with postgres_folder() as folder:
+        postgres = ControlledPostgres(Path(folder))
+        init_schema(postgres.url)
+        yield postgres
+        postgres.close()
 
 
 def one_campaign(url: str) -> int:
