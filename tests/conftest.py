@@ -255,10 +255,16 @@ def waiting_for_actions(conn: psycopg.Connection) -> bool:
     return bool(row and row[0])
 
 
+def lock_actions(database_url: str) -> psycopg.Connection:
+    """A connection whose open transaction holds ``actions`` exclusively: a calculation
+    waits behind it until the transaction ends."""
+    conn = psycopg.connect(database_url)
+    conn.execute("LOCK TABLE actions IN ACCESS EXCLUSIVE MODE")
+    return conn
+
+
 @contextmanager
 def actions_locked(database_url: str) -> Iterator[psycopg.Connection]:
-    """A transaction holding ``actions`` exclusively; rows it inserts commit on release."""
-    with psycopg.connect(database_url) as conn:
-        conn.execute("LOCK TABLE actions IN ACCESS EXCLUSIVE MODE")
+    """``lock_actions`` for a block; rows inserted on its connection commit at the end."""
+    with lock_actions(database_url) as conn:  # commits and closes on leaving
         yield conn
-        conn.commit()

@@ -12,7 +12,7 @@ import pytest
 from proca_stats.client import StatsClient, StatsError, Unavailable
 from proca_stats.server.app import StatsServer
 from proca_stats.server.database import init_schema
-from tests.conftest import is_serving, postgres_folder, wait_for
+from tests.conftest import is_serving, lock_actions, postgres_folder, wait_for
 from tests.controlled_postgres import ControlledPostgres
 from tests.proca_data import ProcaData
 
@@ -107,13 +107,6 @@ def test_database_stopped_and_restarted_under_load(
     assert server.sync.is_alive()
 
 
-def hold_lock(url: str) -> psycopg.Connection:
-    """A connection holding an exclusive lock on actions, so a calculation waits behind it."""
-    conn = psycopg.connect(url)
-    conn.execute("LOCK TABLE actions IN ACCESS EXCLUSIVE MODE")
-    return conn
-
-
 def calculations_waiting(url: str) -> int:
     with psycopg.connect(url, autocommit=True) as conn:
         row = conn.execute(
@@ -132,7 +125,7 @@ def test_database_stopped_in_the_middle_of_a_calculation(
     campaign = one_campaign(own_postgres.url)
     server = ready(start_server(own_postgres.url, connect_timeout=1.0))
     first = server.store.synced_at
-    lock = hold_lock(own_postgres.url)
+    lock = lock_actions(own_postgres.url)
     server.sync.request()
     wait_for(lambda: calculations_waiting(own_postgres.url) == 1, what="a blocked calculation")
     own_postgres.stop()
@@ -153,7 +146,7 @@ def test_a_calculation_past_the_timeout_is_cancelled_and_retried(
 ) -> None:
     server = ready(start_server(database_url, sync_timeout_ms=200))
     first = server.store.synced_at
-    lock = hold_lock(database_url)
+    lock = lock_actions(database_url)
     try:
         server.sync.request()
         wait_for(lambda: failures(server) >= 1, what="the calculation to time out")
@@ -169,7 +162,7 @@ def test_never_two_calculations_at_once(
 ) -> None:
     server = ready(start_server(database_url))
     first = server.store.synced_at
-    lock = hold_lock(database_url)
+    lock = lock_actions(database_url)
     try:
         for _ in range(5):
             server.sync.request()
