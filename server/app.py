@@ -18,6 +18,8 @@ from .database import connection_options
 from .fanout import Fanout
 from .handlers import Interceptor
 from .handover import Lookup, swap_in
+from .healthcheck import HealthServicer
+from .malformed import MalformedRequests
 from .metrics import Metrics, MetricsInterceptor
 from .refresh import CONNECTIONS, Refresher
 from .service import ANSWERED_WITH_BYTES, SERVICE, StatsServicer, add_stats_service
@@ -84,7 +86,7 @@ class StatsServer:
             interval=config.sync_interval_ms / 1000,
             increments_before=self.store.arrivals,
         )
-        self._health = health.HealthServicer(
+        self._health = HealthServicer(
             experimental_non_blocking=True,
             experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=1),
         )
@@ -140,7 +142,8 @@ class StatsServer:
         self._metrics_listen = config.metrics_listen
 
     def _interceptors(self, config: ServeConfig) -> list[Interceptor]:
-        """Metrics outermost, so refused calls are counted too; then authentication."""
+        """Metrics outermost, so refused calls are counted too; then authentication;
+        innermost, tolerant parsing for the services registered without it."""
         chain: list[Interceptor] = []
         if config.metrics_listen:
             chain.append(MetricsInterceptor(self.metrics))
@@ -150,6 +153,7 @@ class StatsServer:
                     config.tokens, read_methods(SERVICE), protect_reads=config.protect_reads
                 )
             )
+        chain.append(MalformedRequests())
         return chain
 
     def _bind(self, config: ServeConfig) -> int:

@@ -36,8 +36,21 @@ def behavior_of(handler: Handler) -> Behavior:
     raise ValueError("a method handler without behaviour")
 
 
-def with_behavior(handler: Handler, behavior: Behavior) -> Handler:
-    """A handler of the same kind and serialization as ``handler`` that runs ``behavior``."""
+def with_behavior(
+    handler: Handler,
+    behavior: Behavior,
+    *,
+    request_deserializer: Callable[[bytes], Any] | None = None,
+    forwards_callback: bool = False,
+) -> Handler:
+    """A handler of the same kind and serialization as ``handler`` that runs ``behavior``.
+
+    ``request_deserializer`` replaces the handler's own when given.
+    ``forwards_callback`` says that ``behavior`` passes grpc's
+    send_response_callback on to the original, so an original marked
+    non-blocking (grpc's health Watch) stays non-blocking; otherwise grpc
+    calls ``behavior`` without one.
+    """
     if handler.unary_unary:
         build = grpc.unary_unary_rpc_method_handler
     elif handler.unary_stream:
@@ -47,12 +60,17 @@ def with_behavior(handler: Handler, behavior: Behavior) -> Handler:
     else:
         build = grpc.stream_stream_rpc_method_handler
     original = behavior_of(handler)
+    kept: dict[str, object] = {}
     pool = getattr(original, "experimental_thread_pool", None)
     if pool is not None:  # the RPC runs on a pool of its own (WatchStats): keep it there
+        kept["experimental_thread_pool"] = pool
+    if forwards_callback and getattr(original, "experimental_non_blocking", False):
+        kept["experimental_non_blocking"] = True
+    if kept:  # on a copy: ``behavior`` may be shared by several handlers
         behavior = functools.partial(behavior)
-        behavior.__dict__["experimental_thread_pool"] = pool
+        behavior.__dict__.update(kept)
     return build(
         behavior,
-        request_deserializer=handler.request_deserializer,
+        request_deserializer=request_deserializer or handler.request_deserializer,
         response_serializer=handler.response_serializer,
     )

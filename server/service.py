@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NoReturn, TypeVar
 
 import grpc
-from google.protobuf.message import DecodeError, Message
 from google.protobuf.message_factory import GetMessageClass
 
 from proca_stats.client.v1 import stats_pb2, stats_pb2_grpc
 
 from .counters import NO_COUNTERS, CampaignCounters, Increment
+from .malformed import MalformedRequest, TolerantParser, refuse
 from .messages import campaign_stats
 from .store import CapacityError, StatsStore
 from .validation import (
@@ -41,14 +40,6 @@ WATCH_LIVENESS_CHECK = 10.0
 ANSWERED_WITH_BYTES = {"GetStats": "serialized_stats", "WatchStats": "serialized_watch"}
 
 
-@dataclass(frozen=True)
-class MalformedRequest:
-    """Bytes that are not the expected message (not protobuf, or strings not UTF-8)."""
-
-    message_type: str
-    reason: str
-
-
 def _validated(
     validate: Callable[[Request], Valid],
     request: Request | MalformedRequest,
@@ -56,11 +47,7 @@ def _validated(
 ) -> Valid:
     """The request's valid content, or the RPC ends with INVALID_ARGUMENT naming the field."""
     if isinstance(request, MalformedRequest):
-        _abort(
-            context,
-            grpc.StatusCode.INVALID_ARGUMENT,
-            f"request: not a valid {request.message_type} ({request.reason})",
-        )
+        refuse(context, request)
     try:
         return validate(request)
     except ValidationError as error:
@@ -248,22 +235,6 @@ class StatsServicer(stats_pb2_grpc.StatsServiceServicer):
                     return figures
 
 
-def _tolerant_parser(message_class: type[Message]) -> Callable[[bytes], Any]:
-    """A request deserializer that never raises.
-
-    grpc answers INTERNAL when a deserializer raises; bad bytes are the
-    caller's mistake, so they reach validation and get INVALID_ARGUMENT.
-    """
-
-    def parse(data: bytes) -> Message | MalformedRequest:
-        try:
-            return message_class.FromString(data)
-        except DecodeError as error:
-            return MalformedRequest(message_class.DESCRIPTOR.name, str(error))
-
-    return parse
-
-
 def add_stats_service(servicer: StatsServicer, server: grpc.Server) -> None:
     """Register every RPC of the proto's StatsService with tolerant request parsing.
 
@@ -284,9 +255,10 @@ def add_stats_service(servicer: StatsServicer, server: grpc.Server) -> None:
         behavior = getattr(servicer, method.name)
         if method.name in ANSWERED_WITH_BYTES:  # no serializer: the bytes are sent as they are
             behavior, serialize = getattr(servicer, ANSWERED_WITH_BYTES[method.name]), None
+        request = GetMessageClass(method.input_type)
         handlers[method.name] = build(
             behavior,
-            request_deserializer=_tolerant_parser(GetMessageClass(method.input_type)),
+            request_deserializer=TolerantParser(request.FromString, request.DESCRIPTOR.name),
             response_serializer=serialize,
         )
     server.add_generic_rpc_handlers(

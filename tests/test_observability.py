@@ -68,7 +68,26 @@ def test_sync_metrics(metered: StatsServer) -> None:
     assert samples["proca_stats_sync_duration_seconds_count", ()] >= 2
     since = samples["proca_stats_seconds_since_last_sync", ()]
     assert 0 <= since < 60
-    assert samples["proca_stats_campaigns", ()] == 0
+
+
+def test_the_campaigns_gauge_counts_the_campaigns_held(metered: StatsServer, db: ProcaData) -> None:
+    port = metered.metrics_port
+    assert port is not None
+
+    def campaigns() -> float:
+        return scrape(port)["proca_stats_campaigns", ()]
+
+    assert campaigns() == 0  # the database had none at the first calculation
+    org = db.org()
+    for status in (0, 1, 2):  # every row of campaigns, closed and ignored ones too
+        db.campaign(org, status=status)
+    resync(metered)
+    assert campaigns() == 3
+    with StatsClient(f"127.0.0.1:{metered.port}") as client:
+        client.increment(999, org, "signature", new_supporter=True)  # a campaign not seen yet
+        assert campaigns() == 4
+        client.increment(999, org, "signature", new_supporter=False)
+    assert campaigns() == 4
 
 
 def test_seconds_since_last_sync_is_nan_before_the_first(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -105,6 +106,32 @@ def test_database_stopped_and_restarted_under_load(
         )
     assert load.errors == []
     assert server.sync.is_alive()
+
+
+def test_seconds_since_last_sync_grows_while_the_database_is_down(
+    own_postgres: ControlledPostgres, start_server: Callable[..., StatsServer]
+) -> None:
+    """The gauge an alert watches counts from the last success, not from the last attempt."""
+    one_campaign(own_postgres.url)
+    server = ready(start_server(own_postgres.url, sync_interval_ms=100, connect_timeout=1.0))
+
+    def since() -> float:
+        value = server.metrics.registry.get_sample_value("proca_stats_seconds_since_last_sync")
+        assert value is not None
+        return value
+
+    own_postgres.stop()
+    wait_for(lambda: failures(server) >= 1, what="a failed sync")
+    failing_since = time.monotonic()  # every success came before this
+    first_reading = since()
+    failed = failures(server)
+    wait_for(lambda: failures(server) >= failed + 2, timeout=30, what="two more failed syncs")
+    outage = time.monotonic() - failing_since
+    reading = since()
+    assert reading > first_reading
+    assert reading >= outage  # the failures in between did not reset it
+    own_postgres.start()
+    wait_for(lambda: since() < outage, timeout=60, what="a sync after the restart")
 
 
 def calculations_waiting(url: str) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from proca_stats.client import (
     InvalidArgument,
@@ -112,6 +114,7 @@ def test_tokens_guard_increment_and_leave_reads_open(
     with StatsClient(target) as reader:
         assert reader.get_stats(1).supporters == 2
     assert health_status(server.port) == health_pb2.HealthCheckResponse.SERVING
+    assert "proca.stats.v1.StatsService" in listed_services(server.port)  # reflection is open
 
 
 @pytest.mark.parametrize("scheme", ["bearer", "BEARER"])
@@ -147,6 +150,10 @@ def test_protect_reads_guards_get_stats_but_not_health(
         with client.watch_stats(1) as watch:
             assert next(watch).campaign_id == 1
     assert health_status(server.port) == health_pb2.HealthCheckResponse.SERVING
+    with pytest.raises(grpc.RpcError) as refused:
+        listed_services(server.port)
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "proca.stats.v1.StatsService" in listed_services(server.port, token="beta-token")
 
 
 def health_status(port: int) -> int:
@@ -155,6 +162,17 @@ def health_status(port: int) -> int:
             health_pb2.HealthCheckRequest(), timeout=5
         )
     return int(reply.status)
+
+
+def listed_services(port: int, token: str | None = None) -> set[str]:
+    """The services the server names through a real reflection call (as grpcurl asks)."""
+    metadata = (("authorization", f"Bearer {token}"),) if token else None
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        (answer,) = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+            iter([request]), timeout=5, metadata=metadata
+        )
+    return {service.name for service in answer.list_services_response.service}
 
 
 def test_caps_refuse_new_campaigns_and_keys_but_nothing_else(
@@ -205,6 +223,89 @@ def test_bytes_that_are_not_protobuf_are_invalid_argument(server: StatsServer) -
             assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert refused.value.details().startswith("request: not a valid IncrementRequest")
     assert len(server.store) == 0
+
+
+def send_bytes(channel: grpc.Channel, method: str, body: bytes) -> None:
+    """Send ``body`` as the request of ``method``, as its kind wants; read the first answer."""
+    if method.endswith("/ServerReflectionInfo"):  # a stream each way
+        list(channel.stream_stream(method)(iter([body]), timeout=5))
+    elif method.endswith("/Watch"):  # a stream of answers
+        next(channel.unary_stream(method)(body, timeout=5))
+    else:
+        channel.unary_unary(method)(body, timeout=5)
+
+
+BAD_TAG = b"\xff\xff\xff"
+NOT_UTF8 = b"\x0a\x02\xc3\x28"  # field 1, a string in these requests, not UTF-8
+OTHER_SERVICES = [
+    ("/grpc.health.v1.Health/Check", "HealthCheckRequest", BAD_TAG),
+    ("/grpc.health.v1.Health/Check", "HealthCheckRequest", NOT_UTF8),
+    ("/grpc.health.v1.Health/Watch", "HealthCheckRequest", BAD_TAG),
+    ("/grpc.health.v1.Health/Watch", "HealthCheckRequest", NOT_UTF8),
+    (
+        "/grpc.health.v1.Health/List",
+        "HealthListRequest",
+        BAD_TAG,
+    ),  # no fields: NOT_UTF8 parses as an unknown one
+    (
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        "ServerReflectionRequest",
+        BAD_TAG,
+    ),
+    (
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        "ServerReflectionRequest",
+        NOT_UTF8,
+    ),
+]
+
+
+@pytest.mark.parametrize(("method", "request_type", "junk"), OTHER_SERVICES)
+def test_health_and_reflection_refuse_undecodable_bytes_without_logging_an_error(
+    server: StatsServer,
+    caplog: pytest.LogCaptureFixture,
+    method: str,
+    request_type: str,
+    junk: bytes,
+) -> None:
+    """Bad bytes are the caller's mistake: INVALID_ARGUMENT, not INTERNAL and a traceback."""
+    with (
+        grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+        pytest.raises(grpc.RpcError) as refused,
+    ):
+        send_bytes(channel, method, junk)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details().startswith(f"request: not a valid {request_type} (")
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert health_status(server.port) == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_health_lists_every_status(server: StatsServer) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        reply = health_pb2_grpc.HealthStub(channel).List(health_pb2.HealthListRequest(), timeout=5)
+    serving = health_pb2.HealthCheckResponse.SERVING
+    assert {name: s.status for name, s in reply.statuses.items()} == {
+        "": serving,
+        "proca.stats.v1.StatsService": serving,
+    }
+
+
+def test_health_watches_share_one_thread_behind_the_interceptors(
+    start_server: Callable[..., StatsServer], database_url: str, token_file: Path
+) -> None:
+    """Health Watch is non-blocking on a pool of one thread: wrapping it must keep it so,
+    or the first watcher would hold that thread and the next would get no answer."""
+    server = started(start_server(database_url, tokens=load_tokens(token_file)))
+    request = health_pb2.HealthCheckRequest(service="proca.stats.v1.StatsService")
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        watches = [health.Watch(request, timeout=10) for _ in range(3)]
+        try:
+            for watch in watches:
+                assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        finally:
+            for watch in watches:
+                watch.cancel()
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "[::1]", "localhost"])

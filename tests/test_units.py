@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -22,6 +25,7 @@ from proca_stats.server.config import (
 )
 from proca_stats.server.counters import CampaignCounters, Increment, incremented
 from proca_stats.server.main import command_of
+from proca_stats.server.store import StatsStore
 from proca_stats.server.sync import backoff_delay
 from proca_stats.server.validation import ValidationError, increment_from, watch_from
 from proca_stats.server.watchers import Watchers, WatchersClosed, WatchersFull
@@ -163,10 +167,77 @@ def test_a_watcher_is_woken_only_by_its_campaign() -> None:
     assert not two.wait(not_before=0, timeout=0)  # campaign 2 had zeros and still has
 
 
-@given(st.integers(1, 200))
-def test_backoff_doubles_and_is_capped(failures: int) -> None:
+@pytest.fixture
+def rapid_thread_switches() -> Iterator[None]:
+    """Threads switch every microsecond, so an unguarded read-modify-write is interrupted often."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    yield
+    sys.setswitchinterval(interval)
+
+
+@pytest.mark.usefixtures("rapid_thread_switches")
+def test_many_threads_incrementing_the_store_at_once_lose_nothing() -> None:
+    threads, per_thread = 8, 20_000
+    store = StatsStore()
+    start = threading.Barrier(threads)
+
+    def work(n: int) -> None:
+        start.wait()
+        for i in range(per_thread // 2):
+            for campaign_id in (1, 2):
+                store.increment(
+                    Increment(
+                        campaign_id=campaign_id,
+                        org_id=100 + n,
+                        action_type=("signature", "share")[n % 2],
+                        area=f"area-{n % 4}",
+                        new_supporter=i % 4 != 0,
+                    )
+                )
+
+    pool = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+
+    # Per thread and campaign: 10,000 actions, 7,500 of them new supporters.
+    actions, new = per_thread // 2, per_thread * 3 // 8
+    expected = CampaignCounters(
+        supporters=threads * new,
+        actions_by_type={"signature": threads // 2 * actions, "share": threads // 2 * actions},
+        supporters_by_area={f"area-{k}": threads // 4 * new for k in range(4)},
+        supporters_by_org={100 + n: new for n in range(threads)},
+    )
+    assert store.get(1)[0] == expected
+    assert store.get(2)[0] == expected
+
+
+@given(
+    failures=st.integers(1, 200),
+    base=st.floats(0.001, 10.0),
+    cap=st.floats(0.001, 600.0),
+)
+def test_backoff_doubles_and_is_capped(failures: int, base: float, cap: float) -> None:
+    """Many draws per example: hypothesis seeds ``random`` alike for every example."""
+    ceiling = min(cap, base * 2 ** (failures - 1))
+    for _ in range(100):
+        assert 0.5 * ceiling <= backoff_delay(failures, base, cap) <= ceiling
+
+
+@pytest.mark.parametrize("failures", [1, 4, 50])
+def test_backoff_is_jittered_over_its_upper_half(failures: int) -> None:
+    """Servers that lost the same database must not retry in lockstep.
+
+    500 uniform draws in [0.5, 1] x ceiling all miss the lowest (or the
+    highest) tenth of that range with a chance of 0.9^500, about 1e-23.
+    """
     ceiling = min(30.0, 0.5 * 2 ** (failures - 1))
-    assert ceiling / 2 <= backoff_delay(failures, 0.5, 30.0) <= ceiling
+    delays = [backoff_delay(failures, 0.5, 30.0) for _ in range(500)]
+    assert len(set(delays)) > 450
+    assert min(delays) < 0.55 * ceiling
+    assert max(delays) > 0.95 * ceiling
 
 
 @pytest.mark.parametrize("code", [c for c in grpc.StatusCode if c != grpc.StatusCode.OK])
