@@ -174,6 +174,16 @@ class MetricsInterceptor(Interceptor):
                 return "UNKNOWN" if failed else "OK"
             return str(code.name)
 
+        if getattr(behavior, "experimental_non_blocking", False):
+            # grpc's health Watch: it returns at once and answers later through the
+            # callback, so it is counted when the RPC ends; wrapped in a generator
+            # it would hold its one-thread pool and starve the next watcher.
+            def answered_later(request: Any, context: grpc.ServicerContext, *callback: Any) -> Any:
+                context.add_callback(lambda: count.labels(method, code_of(context, False)).inc())
+                return behavior(request, context, *callback)
+
+            return with_behavior(handler, answered_later, forwards_callback=True)
+
         if handler.unary_stream or handler.stream_stream:
 
             def streamed(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:

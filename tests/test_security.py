@@ -290,12 +290,19 @@ def test_health_lists_every_status(server: StatsServer) -> None:
     }
 
 
+@pytest.mark.parametrize("metrics", [False, True], ids=["tokens", "tokens-and-metrics"])
 def test_health_watches_share_one_thread_behind_the_interceptors(
-    start_server: Callable[..., StatsServer], database_url: str, token_file: Path
+    start_server: Callable[..., StatsServer], database_url: str, token_file: Path, metrics: bool
 ) -> None:
     """Health Watch is non-blocking on a pool of one thread: wrapping it must keep it so,
     or the first watcher would hold that thread and the next would get no answer."""
-    server = started(start_server(database_url, tokens=load_tokens(token_file)))
+    server = started(
+        start_server(
+            database_url,
+            tokens=load_tokens(token_file),
+            metrics_listen="127.0.0.1:0" if metrics else None,
+        )
+    )
     request = health_pb2.HealthCheckRequest(service="proca.stats.v1.StatsService")
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         health = health_pb2_grpc.HealthStub(channel)
@@ -306,6 +313,21 @@ def test_health_watches_share_one_thread_behind_the_interceptors(
         finally:
             for watch in watches:
                 watch.cancel()
+    if metrics:  # counted when they end
+        method = "grpc.health.v1.Health/Watch"
+        wait_for(
+            lambda: (
+                sum(
+                    server.metrics.registry.get_sample_value(
+                        "proca_stats_rpcs_total", {"method": method, "code": code}
+                    )
+                    or 0
+                    for code in ("OK", "CANCELLED")
+                )
+                == 3
+            ),
+            what="the three watches to be counted",
+        )
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "[::1]", "localhost"])
