@@ -180,13 +180,14 @@ class StatsStore:
         When one did, nothing changes and the caller prepares again with it.
         The store takes ownership of the map.
         """
+        known = OrderedDict.fromkeys(new.remembered)  # built before the lock is taken
         with self._lock:
             if self._arrivals != new.upto:
                 return False
             old = self._campaigns
             self._campaigns = new.campaigns
             self._synced_at = new.taken_at
-            self._known = OrderedDict.fromkeys(new.remembered)
+            self._known = known
             self._carried = new.carried
             self._log = []
         if self._listener is not None:

@@ -50,6 +50,16 @@ def wait_for(check: Callable[[], T], timeout: float = 15.0, what: str = "conditi
         time.sleep(0.02)
 
 
+def sample(server: StatsServer, name: str, **labels: str) -> float:
+    """A metric's value on ``server``. A labelled series appears at its first change and
+    counts 0 until then; an unlabelled one is exported from the start."""
+    value = server.metrics.registry.get_sample_value(name, labels or None)
+    if value is None:
+        assert labels, f"{name} is not exported"
+        return 0.0
+    return value
+
+
 def figures(stats: CampaignStats) -> CampaignCounters:
     """An answer's counters, comparable with the store's and a calculation's."""
     return CampaignCounters(

@@ -35,7 +35,7 @@ from proca_stats.server.payload import (
     encode,
     sender_prefix,
 )
-from tests.conftest import fanout_serving, figures, wait_for
+from tests.conftest import fanout_serving, figures, sample, wait_for
 from tests.proca_data import ProcaData
 
 Serve = Callable[..., tuple[subprocess.Popen[str], int]]
@@ -299,10 +299,6 @@ def test_a_replica_started_late_converges(
 
 
 # --- one process, two replicas: what the metrics and health say ---------------------------------
-
-
-def sample(server: StatsServer, name: str) -> float:
-    return server.metrics.registry.get_sample_value(name) or 0.0
 
 
 def test_a_replica_applies_the_others_increments_and_never_its_own_twice(

@@ -13,7 +13,7 @@ import pytest
 from proca_stats.client import StatsClient, StatsError, Unavailable
 from proca_stats.server.app import StatsServer
 from proca_stats.server.database import init_schema
-from tests.conftest import is_serving, lock_actions, postgres_folder, wait_for
+from tests.conftest import is_serving, lock_actions, postgres_folder, sample, wait_for
 from tests.controlled_postgres import ControlledPostgres
 from tests.proca_data import ProcaData
 
@@ -39,7 +39,7 @@ def one_campaign(url: str) -> int:
 
 
 def failures(server: StatsServer) -> float:
-    return server.metrics.registry.get_sample_value("proca_stats_sync_failures_total") or 0.0
+    return sample(server, "proca_stats_sync_failures_total")
 
 
 def ready(server: StatsServer) -> StatsServer:
@@ -116,9 +116,7 @@ def test_seconds_since_last_sync_grows_while_the_database_is_down(
     server = ready(start_server(own_postgres.url, sync_interval_ms=100, connect_timeout=1.0))
 
     def since() -> float:
-        value = server.metrics.registry.get_sample_value("proca_stats_seconds_since_last_sync")
-        assert value is not None
-        return value
+        return sample(server, "proca_stats_seconds_since_last_sync")
 
     own_postgres.stop()
     wait_for(lambda: failures(server) >= 1, what="a failed sync")

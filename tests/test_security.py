@@ -25,7 +25,7 @@ from proca_stats.server.auth import load_tokens
 from proca_stats.server.config import ConfigError, Limits, TlsKeys, check_exposure, is_loopback
 from proca_stats.server.tls import read_tls
 from tests.certificates import Authority
-from tests.conftest import wait_for
+from tests.conftest import sample, wait_for
 from tests.watching import Recorder
 
 TOKENS = "# deploy tokens\nalpha-token\n\n  beta-token  \n"
@@ -318,10 +318,7 @@ def test_health_watches_share_one_thread_behind_the_interceptors(
         wait_for(
             lambda: (
                 sum(
-                    server.metrics.registry.get_sample_value(
-                        "proca_stats_rpcs_total", {"method": method, "code": code}
-                    )
-                    or 0
+                    sample(server, "proca_stats_rpcs_total", method=method, code=code)
                     for code in ("OK", "CANCELLED")
                 )
                 == 3

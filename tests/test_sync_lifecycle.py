@@ -10,7 +10,7 @@ from collections.abc import Callable
 import psycopg
 
 from proca_stats.server.app import StatsServer
-from tests.conftest import actions_locked, clean_env, wait_for, waiting_for_actions
+from tests.conftest import actions_locked, clean_env, sample, wait_for, waiting_for_actions
 
 
 def blocked(database_url: str) -> None:
@@ -37,16 +37,9 @@ def test_a_sync_run_is_counted_when_it_starts(
 ) -> None:
     server = start_server(database_url, sync_interval_ms=100, metrics_listen="127.0.0.1:0")
     wait_for(lambda: server.store.synced_at, what="the first calculation")
-    registry = server.metrics.registry
-
-    def sample(name: str) -> float:
-        value = registry.get_sample_value(name)
-        assert value is not None
-        return value
-
     with actions_locked(database_url):
         blocked(database_url)
-        finished = sample("proca_stats_sync_duration_seconds_count") + sample(
-            "proca_stats_sync_failures_total"
+        finished = sample(server, "proca_stats_sync_duration_seconds_count") + sample(
+            server, "proca_stats_sync_failures_total"
         )
-        assert sample("proca_stats_sync_runs_total") == finished + 1  # the one waiting
+        assert sample(server, "proca_stats_sync_runs_total") == finished + 1  # the one waiting
