@@ -44,12 +44,12 @@ from psycopg.conninfo import make_conninfo
 from psycopg_pool import ConnectionPool
 from serving import free_port, serve_process
 
-from proca_stats.client.v1 import stats_pb2
-from proca_stats.server.calculation import calculate
-from proca_stats.server.config import DEFAULT_CHANGE_OVERLAP_MS, DEFAULT_SLOW_SYNC_INTERVAL_MS
-from proca_stats.server.counters import CampaignCounters
+from proca_stats.contract.v1 import stats_pb2
 from proca_stats.server.database import create_recommended_indexes, init_schema
-from proca_stats.server.refresh import CONNECTIONS, Refresher
+from proca_stats.server.settings import DEFAULT_CHANGE_OVERLAP_MS, DEFAULT_SLOW_SYNC_INTERVAL_MS
+from proca_stats.server.state.counters import CampaignCounters
+from proca_stats.server.sync.calculation import calculate
+from proca_stats.server.sync.refresh import CONNECTIONS, Refresher
 
 HERE = Path(__file__).resolve().parent
 GET_STATS = "/proca.stats.v1.StatsService/GetStats"

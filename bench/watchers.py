@@ -31,7 +31,7 @@ import grpc
 from serving import bench_database, calls_per_second, serve_process
 
 from proca_stats.client import StatsClient
-from proca_stats.client.v1 import stats_pb2, stats_pb2_grpc
+from proca_stats.contract.v1 import stats_pb2, stats_pb2_grpc
 
 CAMPAIGNS = 100
 STREAMS_PER_CONNECTION = 100

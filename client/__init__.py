@@ -1,5 +1,7 @@
 """Python client of proca-stats: ``StatsClient`` and one exception per gRPC status."""
 
+from proca_stats.contract.v1.stats_pb2 import CampaignStats
+
 from .errors import (
     Aborted,
     AlreadyExists,
@@ -20,7 +22,6 @@ from .errors import (
     Unknown,
 )
 from .stats_client import DEFAULT_TARGET, StatsClient
-from .v1.stats_pb2 import CampaignStats
 from .watch import StatsWatch
 
 __all__ = [

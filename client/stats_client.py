@@ -8,9 +8,10 @@ from typing import TypeVar
 
 import grpc
 
+from proca_stats.contract.v1 import stats_pb2, stats_pb2_grpc
+from proca_stats.contract.v1.stats_pb2 import CampaignStats
+
 from .errors import error_from
-from .v1 import stats_pb2, stats_pb2_grpc
-from .v1.stats_pb2 import CampaignStats
 from .watch import StatsWatch
 
 DEFAULT_TARGET = "127.0.0.1:50051"

@@ -7,8 +7,9 @@ from types import TracebackType
 
 import grpc
 
+from proca_stats.contract.v1.stats_pb2 import CampaignStats, WatchStatsResponse
+
 from .errors import error_from
-from .v1.stats_pb2 import CampaignStats, WatchStatsResponse
 
 
 class StatsWatch(Iterator[CampaignStats]):

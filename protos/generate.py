@@ -1,10 +1,10 @@
-"""Generate the Python code of proca-stats' proto into client/v1/.
+"""Generate the Python code of proca-stats' proto into contract/v1/.
 
-    python protos/generate.py           # write client/v1/*_pb2*.py{,i}
+    python protos/generate.py           # write contract/v1/*_pb2*.py{,i}
     python protos/generate.py --check   # exit 1 when the committed files are stale
 
 protoc names Python modules after the proto's path (``proca.stats.v1``); the
-installed package is ``proca_stats.client.v1``, so the one import that the gRPC
+installed package is ``proca_stats.contract.v1``, so the one import that the gRPC
 stubs make of the message module is rewritten to a relative one.
 """
 
@@ -24,7 +24,7 @@ from grpc_tools import protoc
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "protos"
 PROTO = "proca/stats/v1/stats.proto"
-OUT_DIR = ROOT / "client" / "v1"
+OUT_DIR = ROOT / "contract" / "v1"
 GENERATED = ("stats_pb2.py", "stats_pb2.pyi", "stats_pb2_grpc.py", "stats_pb2_grpc.pyi")
 ABSOLUTE_IMPORT = re.compile(r"^from proca\.stats\.v1 import stats_pb2", re.MULTILINE)
 
@@ -75,7 +75,7 @@ def stale_files(files: dict[str, str]) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="fail when client/v1 is stale")
+    parser.add_argument("--check", action="store_true", help="fail when contract/v1 is stale")
     args = parser.parse_args()
     files = generate()
     if args.check:

@@ -11,22 +11,27 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from psycopg_pool import ConnectionPool
 
-from .auth import TokenAuthInterceptor, read_methods
-from .config import ServeConfig, parse_listen
-from .counters import Snapshot
-from .database import connection_options
-from .fanout import Fanout
-from .handlers import Interceptor
-from .handover import Lookup, swap_in
-from .healthcheck import HealthServicer
-from .malformed import MalformedRequests
-from .metrics import Metrics, MetricsInterceptor
-from .refresh import CONNECTIONS, Refresher
-from .service import ANSWERED_WITH_BYTES, SERVICE, StatsServicer, add_stats_service
-from .store import StatsStore
-from .sync import SyncWorker
-from .tls import server_credentials
-from .watchers import Watchers
+from proca_stats.server.api.auth import TokenAuthInterceptor, read_methods
+from proca_stats.server.api.grpc_service import (
+    ANSWERED_WITH_BYTES,
+    SERVICE,
+    StatsServicer,
+    add_stats_service,
+)
+from proca_stats.server.api.handlers import Interceptor
+from proca_stats.server.api.health import HealthServicer
+from proca_stats.server.api.malformed import MalformedRequests
+from proca_stats.server.api.tls import server_credentials
+from proca_stats.server.database import connection_options
+from proca_stats.server.fanout.replicas import Fanout
+from proca_stats.server.metrics import Metrics, MetricsInterceptor
+from proca_stats.server.settings import ServeConfig, parse_listen
+from proca_stats.server.state.counters import Snapshot
+from proca_stats.server.state.handover import Lookup, swap_in
+from proca_stats.server.state.store import StatsStore
+from proca_stats.server.state.watchers import Watchers
+from proca_stats.server.sync.refresh import CONNECTIONS, Refresher
+from proca_stats.server.sync.worker import SyncWorker
 
 log = logging.getLogger(__name__)
 

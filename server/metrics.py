@@ -16,7 +16,13 @@ from wsgiref.simple_server import WSGIServer
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from .handlers import Continuation, Handler, Interceptor, behavior_of, with_behavior
+from proca_stats.server.api.handlers import (
+    Continuation,
+    Handler,
+    Interceptor,
+    behavior_of,
+    with_behavior,
+)
 
 # GetStats answers in well under a millisecond: the default buckets start at 5 ms.
 RPC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 1.0, 5.0)

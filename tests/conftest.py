@@ -27,12 +27,12 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from proca_stats.client import StatsClient
-from proca_stats.client.v1 import stats_pb2_grpc
-from proca_stats.client.v1.stats_pb2 import CampaignStats
+from proca_stats.contract.v1 import stats_pb2_grpc
+from proca_stats.contract.v1.stats_pb2 import CampaignStats
 from proca_stats.server.app import FANOUT_SERVICE_NAME, StatsServer
-from proca_stats.server.config import ServeConfig
-from proca_stats.server.counters import CampaignCounters
 from proca_stats.server.database import embedded_postgres, init_schema
+from proca_stats.server.settings import ServeConfig
+from proca_stats.server.state.counters import CampaignCounters
 from tests.proca_data import ProcaData
 
 T = TypeVar("T")

@@ -8,9 +8,9 @@ import grpc
 import pytest
 
 from proca_stats.client import InvalidArgument, StatsClient, Unavailable
-from proca_stats.client.v1 import stats_pb2, stats_pb2_grpc
+from proca_stats.contract.v1 import stats_pb2, stats_pb2_grpc
 from proca_stats.server.app import StatsServer
-from proca_stats.server.validation import MAX_BATCH_IDS
+from proca_stats.server.state.validation import MAX_BATCH_IDS
 
 
 def test_answers_in_request_order_with_duplicates(client: StatsClient) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from proca_stats.server.calculation import calculate
-from proca_stats.server.counters import CampaignCounters
+from proca_stats.server.state.counters import CampaignCounters
+from proca_stats.server.sync.calculation import calculate
 from tests.proca_data import BASE_TIME, ProcaData
 
 

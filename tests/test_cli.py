@@ -18,12 +18,12 @@ from cryptography.hazmat.primitives import serialization
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from proca_stats.cli.commands import build_parser
 from proca_stats.client import ResourceExhausted, StatsClient, Unavailable
-from proca_stats.client.v1.stats_pb2 import CampaignStats
+from proca_stats.contract.v1.stats_pb2 import CampaignStats
 from proca_stats.server.app import StatsServer
-from proca_stats.server.cli import build_parser
-from proca_stats.server.counters import Increment
-from proca_stats.server.payload import encode
+from proca_stats.server.fanout.payload import encode
+from proca_stats.server.state.counters import Increment
 from tests.certificates import Authority
 from tests.conftest import (
     PROCA_STATS,

@@ -22,19 +22,19 @@ from prometheus_client import CollectorRegistry
 
 from proca_stats.client import StatsClient
 from proca_stats.server.app import StatsServer
-from proca_stats.server.calculation import calculate
-from proca_stats.server.config import DEFAULT_FANOUT_CHANNEL
-from proca_stats.server.counters import CampaignCounters, Increment, incremented
 from proca_stats.server.database import init_schema
-from proca_stats.server.fanout import LISTENER_NAME, Publisher
-from proca_stats.server.metrics import FanoutMetrics
-from proca_stats.server.payload import (
+from proca_stats.server.fanout.payload import (
     MAX_PAYLOAD_BYTES,
     PayloadError,
     decode,
     encode,
     sender_prefix,
 )
+from proca_stats.server.fanout.replicas import LISTENER_NAME, Publisher
+from proca_stats.server.metrics import FanoutMetrics
+from proca_stats.server.settings import DEFAULT_FANOUT_CHANNEL
+from proca_stats.server.state.counters import CampaignCounters, Increment, incremented
+from proca_stats.server.sync.calculation import calculate
 from tests.conftest import fanout_serving, figures, sample, wait_for
 from tests.proca_data import ProcaData
 

@@ -24,11 +24,11 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proca_stats.client.v1 import stats_pb2, stats_pb2_grpc
+from proca_stats.contract.v1 import stats_pb2, stats_pb2_grpc
+from proca_stats.server.api.auth import load_tokens
 from proca_stats.server.app import StatsServer
-from proca_stats.server.auth import load_tokens
-from proca_stats.server.config import Limits
-from proca_stats.server.counters import CampaignCounters, Increment, incremented
+from proca_stats.server.settings import Limits
+from proca_stats.server.state.counters import CampaignCounters, Increment, incremented
 from tests.conftest import figures, wait_for
 from tests.proca_data import ProcaData
 

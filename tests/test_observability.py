@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from proca_stats.client import InvalidArgument, StatsClient
 from proca_stats.server.app import StatsServer
-from proca_stats.server.config import Limits
+from proca_stats.server.settings import Limits
 from tests.conftest import resync, wait_for
 from tests.proca_data import ProcaData
 
@@ -133,7 +133,7 @@ def test_the_sync_log_line_says_what_was_read(
     page = db.page(campaign, org)
     for n in range(3):
         db.person(campaign, page, f"fp{n}".encode())
-    with caplog.at_level(logging.INFO, logger="proca_stats.server.sync"):
+    with caplog.at_level(logging.INFO, logger="proca_stats.server.sync.worker"):
         resync(server)
     line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("sync:"))
     found = re.search(r"1 campaigns in [0-9.]+ s, (\d+) rows read", line)

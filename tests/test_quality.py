@@ -30,12 +30,12 @@ def test_ruff(command: tuple[str, ...]) -> None:
 
 
 def test_mypy_strict_on_the_installed_package() -> None:
-    done = run("-m", "mypy", "-p", "proca_stats.server", "-p", "proca_stats.client")
+    done = run("-m", "mypy", *(f"-p=proca_stats.{part}" for part in ("server", "client", "cli")))
     assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_every_flag_is_in_the_readme_configuration_table() -> None:
-    from proca_stats.server.cli import build_parser
+    from proca_stats.cli.commands import build_parser
 
     readme = (ROOT / "README.md").read_text()
     table = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]

@@ -9,9 +9,9 @@ import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
 
-from proca_stats.server.calculation import calculate
-from proca_stats.server.counters import CampaignCounters
-from proca_stats.server.refresh import (
+from proca_stats.server.state.counters import CampaignCounters
+from proca_stats.server.sync.calculation import calculate
+from proca_stats.server.sync.refresh import (
     CONNECTIONS,
     LOOKUP_CONNECTIONS,
     LOOKUP_PART,

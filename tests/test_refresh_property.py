@@ -24,9 +24,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg_pool import ConnectionPool
 
-from proca_stats.server.calculation import calculate
-from proca_stats.server.counters import CampaignCounters
-from proca_stats.server.refresh import CONNECTIONS, Refresher
+from proca_stats.server.state.counters import CampaignCounters
+from proca_stats.server.sync.calculation import calculate
+from proca_stats.server.sync.refresh import CONNECTIONS, Refresher
 
 BASE = datetime(2026, 3, 1, 9, 0, 0)
 FINGERPRINTS = [b"ann", b"ben", b"cat", b"dan"]

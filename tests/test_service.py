@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from psycopg import sql
 
 from proca_stats.client import CampaignStats, StatsClient, Unavailable
-from proca_stats.client.v1 import stats_pb2, stats_pb2_grpc
+from proca_stats.contract.v1 import stats_pb2, stats_pb2_grpc
 from proca_stats.server.app import SERVICE_NAME, StatsServer
 from proca_stats.server.database import init_schema
 from tests.conftest import resync, wait_for

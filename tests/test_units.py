@@ -13,9 +13,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from proca_stats import client as client_errors
-from proca_stats.client.v1 import stats_pb2
-from proca_stats.server.auth import load_tokens, presented_token
-from proca_stats.server.config import (
+from proca_stats.cli.main import command_of
+from proca_stats.contract.v1 import stats_pb2
+from proca_stats.server.api.auth import load_tokens, presented_token
+from proca_stats.server.settings import (
     ConfigError,
     parse_count,
     parse_int64,
@@ -23,12 +24,11 @@ from proca_stats.server.config import (
     parse_milliseconds,
     parse_seconds,
 )
-from proca_stats.server.counters import CampaignCounters, Increment, incremented
-from proca_stats.server.main import command_of
-from proca_stats.server.store import StatsStore
-from proca_stats.server.sync import backoff_delay
-from proca_stats.server.validation import ValidationError, increment_from, watch_from
-from proca_stats.server.watchers import Watchers, WatchersClosed, WatchersFull
+from proca_stats.server.state.counters import CampaignCounters, Increment, incremented
+from proca_stats.server.state.store import StatsStore
+from proca_stats.server.state.validation import ValidationError, increment_from, watch_from
+from proca_stats.server.state.watchers import Watchers, WatchersClosed, WatchersFull
+from proca_stats.server.sync.worker import backoff_delay
 
 increments = st.builds(
     Increment,

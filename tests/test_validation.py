@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from proca_stats.client.v1 import stats_pb2, stats_pb2_grpc
+from proca_stats.contract.v1 import stats_pb2, stats_pb2_grpc
 from proca_stats.server.app import StatsServer
 
 GOOD = {"campaign_id": 1, "org_id": 2, "action_type": "signature", "new_supporter": True}

@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 from proca_stats.client import InvalidArgument, ResourceExhausted, StatsClient, Unavailable
-from proca_stats.client.v1 import stats_pb2, stats_pb2_grpc
+from proca_stats.contract.v1 import stats_pb2, stats_pb2_grpc
 from proca_stats.server.app import StatsServer
 from tests.conftest import resync, wait_for
 from tests.proca_data import ProcaData

@@ -14,7 +14,7 @@ from typing import NoReturn
 
 import grpc
 
-from .config import ConfigError, TlsKeys
+from proca_stats.server.settings import ConfigError, TlsKeys
 
 
 def read_pem(flag: str, path: Path) -> bytes:

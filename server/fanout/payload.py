@@ -25,10 +25,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from proca_stats.client.v1 import stats_pb2
-
-from .counters import Increment
-from .validation import increment_from
+from proca_stats.contract.v1 import stats_pb2
+from proca_stats.server.state.counters import Increment
+from proca_stats.server.state.validation import increment_from
 
 MAX_PAYLOAD_BYTES = 7999  # PostgreSQL: "payload string too long" from 8000 on
 

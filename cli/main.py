@@ -33,6 +33,8 @@ def main() -> None:
     argv = sys.argv[1:]
     if command_of(argv) in CLIENT_COMMANDS:
         os.environ.setdefault("GRPC_VERBOSITY", "NONE")
-    from .cli import main as run  # only now: grpc must not be imported before this point
+    from proca_stats.cli.commands import (
+        main as run,  # only now: grpc must not be imported before this point
+    )
 
     run(argv)

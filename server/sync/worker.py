@@ -18,9 +18,9 @@ from typing import Protocol
 
 import psycopg
 
-from .counters import Snapshot
-from .handover import Lookup
-from .refresh import RefreshCancelled, Refresher
+from proca_stats.server.state.counters import Snapshot
+from proca_stats.server.state.handover import Lookup
+from proca_stats.server.sync.refresh import RefreshCancelled, Refresher
 
 log = logging.getLogger(__name__)
 

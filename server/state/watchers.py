@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Mapping
 
-from .counters import NO_COUNTERS, CampaignCounters
+from proca_stats.server.state.counters import NO_COUNTERS, CampaignCounters
 
 
 class WatchersFull(Exception):

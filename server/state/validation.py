@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from proca_stats.client.v1 import stats_pb2
-
-from .counters import Increment
+from proca_stats.contract.v1 import stats_pb2
+from proca_stats.server.state.counters import Increment
 
 MAX_ACTION_TYPE_LENGTH = 255  # actions.action_type is varchar(255)
 MAX_AREA_LENGTH = 32  # supporters.area is varchar(32)

@@ -55,7 +55,8 @@ import psycopg
 from psycopg.rows import TupleRow
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from .calculation import (
+from proca_stats.server.state.counters import CampaignCounters, Snapshot
+from proca_stats.server.sync.calculation import (
     CAMPAIGNS,
     COUNTED,
     LATEST_CHANGES,
@@ -71,8 +72,7 @@ from .calculation import (
     read_in,
     read_pages,
 )
-from .counters import CampaignCounters, Snapshot
-from .tally import CampaignTally
+from proca_stats.server.sync.tally import CampaignTally
 
 log = logging.getLogger(__name__)
 

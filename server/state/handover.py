@@ -34,8 +34,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection
 
-from .counters import NO_COUNTERS, Snapshot, incremented
-from .store import Arrival, Replacement, StatsStore
+from proca_stats.server.state.counters import NO_COUNTERS, Snapshot, incremented
+from proca_stats.server.state.store import Arrival, Replacement, StatsStore
 
 # Which of these action ids the calculation's snapshot sees.
 Lookup = Callable[[Collection[int]], set[int]]

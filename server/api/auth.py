@@ -14,8 +14,8 @@ from typing import Any
 import grpc
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 
-from .config import ConfigError
-from .handlers import Continuation, Handler, Interceptor, with_behavior
+from proca_stats.server.api.handlers import Continuation, Handler, Interceptor, with_behavior
+from proca_stats.server.settings import ConfigError
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 REFLECTION_PREFIXES = ("/grpc.reflection.v1alpha.ServerReflection/", "/grpc.reflection.v1.")

@@ -19,7 +19,14 @@ import grpc
 from google.protobuf import descriptor_pool
 from google.protobuf.message import DecodeError
 
-from .handlers import Behavior, Continuation, Handler, Interceptor, behavior_of, with_behavior
+from proca_stats.server.api.handlers import (
+    Behavior,
+    Continuation,
+    Handler,
+    Interceptor,
+    behavior_of,
+    with_behavior,
+)
 
 
 @dataclass(frozen=True)

@@ -10,13 +10,12 @@ from typing import Any, NoReturn, TypeVar
 import grpc
 from google.protobuf.message_factory import GetMessageClass
 
-from proca_stats.client.v1 import stats_pb2, stats_pb2_grpc
-
-from .counters import NO_COUNTERS, CampaignCounters, Increment
-from .malformed import MalformedRequest, TolerantParser, refuse
-from .messages import campaign_stats
-from .store import CapacityError, StatsStore
-from .validation import (
+from proca_stats.contract.v1 import stats_pb2, stats_pb2_grpc
+from proca_stats.server.api.malformed import MalformedRequest, TolerantParser, refuse
+from proca_stats.server.api.messages import campaign_stats
+from proca_stats.server.state.counters import NO_COUNTERS, CampaignCounters, Increment
+from proca_stats.server.state.store import CapacityError, StatsStore
+from proca_stats.server.state.validation import (
     ValidationError,
     Watch,
     campaign_id_from,
@@ -24,7 +23,7 @@ from .validation import (
     increment_from,
     watch_from,
 )
-from .watchers import Watcher, Watchers, WatchersClosed, WatchersFull
+from proca_stats.server.state.watchers import Watcher, Watchers, WatchersClosed, WatchersFull
 
 SERVICE = stats_pb2.DESCRIPTOR.services_by_name["StatsService"]
 

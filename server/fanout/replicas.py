@@ -29,12 +29,12 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import TupleRow
 
-from .counters import Increment
-from .database import connection_options
-from .metrics import FanoutMetrics
-from .payload import PayloadError, decode, encode, sender_prefix
-from .store import CapacityError, StatsStore
-from .sync import Backoff
+from proca_stats.server.database import connection_options
+from proca_stats.server.fanout.payload import PayloadError, decode, encode, sender_prefix
+from proca_stats.server.metrics import FanoutMetrics
+from proca_stats.server.state.counters import Increment
+from proca_stats.server.state.store import CapacityError, StatsStore
+from proca_stats.server.sync.worker import Backoff
 
 log = logging.getLogger(__name__)
 

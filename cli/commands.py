@@ -25,11 +25,19 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from proca_stats.client import DEFAULT_TARGET, StatsClient, StatsError
-
-from .app import BindError, StatsServer
-from .auth import load_tokens
-from .calculation import calculate
-from .config import (
+from proca_stats.server.api.auth import load_tokens
+from proca_stats.server.api.messages import campaign_stats
+from proca_stats.server.api.tls import read_certificates, read_key_pair, read_tls
+from proca_stats.server.app import BindError, StatsServer
+from proca_stats.server.database import (
+    EmbeddedDatabaseError,
+    create_recommended_indexes,
+    init_schema,
+    leave_embedded,
+    start_embedded,
+)
+from proca_stats.server.logs import configure_logging
+from proca_stats.server.settings import (
     DEFAULT_CHANGE_OVERLAP_MS,
     DEFAULT_DATA_DIR,
     DEFAULT_FANOUT_CHANNEL,
@@ -55,16 +63,7 @@ from .config import (
     parse_seconds,
     parse_switch,
 )
-from .database import (
-    EmbeddedDatabaseError,
-    create_recommended_indexes,
-    init_schema,
-    leave_embedded,
-    start_embedded,
-)
-from .logs import configure_logging
-from .messages import campaign_stats
-from .tls import read_certificates, read_key_pair, read_tls
+from proca_stats.server.sync.calculation import calculate
 
 log = logging.getLogger("proca_stats")
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from .counters import CampaignCounters
+from proca_stats.server.state.counters import CampaignCounters
 
 # Where one deduplicated supporter is credited: the org of its first action's
 # page (None: a page without org) and the area of its first action with an

@@ -6,9 +6,8 @@ from datetime import datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from proca_stats.client.v1.stats_pb2 import CampaignStats
-
-from .counters import CampaignCounters
+from proca_stats.contract.v1.stats_pb2 import CampaignStats
+from proca_stats.server.state.counters import CampaignCounters
 
 
 def campaign_stats(

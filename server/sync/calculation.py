@@ -34,8 +34,8 @@ import psycopg
 from psycopg import IsolationLevel, sql
 from psycopg.rows import TupleRow
 
-from .counters import Snapshot
-from .tally import CampaignTally, Credit
+from proca_stats.server.state.counters import Snapshot
+from proca_stats.server.sync.tally import CampaignTally, Credit
 
 # For this transaction only: sorts and hashes in memory, no JIT compilation
 # (it costs more than it saves on these queries), parallel workers welcome,

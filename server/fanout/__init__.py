@@ -1,0 +1,1 @@
+"""Replicas sharing their Increments through PostgreSQL's LISTEN/NOTIFY."""
