@@ -21,10 +21,11 @@ from proca_stats.server.api.grpc_service import (
 from proca_stats.server.api.handlers import Interceptor
 from proca_stats.server.api.health import HealthServicer
 from proca_stats.server.api.malformed import MalformedRequests
+from proca_stats.server.api.rpc_metrics import MetricsInterceptor
 from proca_stats.server.api.tls import server_credentials
 from proca_stats.server.database import connection_options
 from proca_stats.server.fanout.replicas import Fanout
-from proca_stats.server.metrics import Metrics, MetricsInterceptor
+from proca_stats.server.metrics import Metrics
 from proca_stats.server.settings import ServeConfig, parse_listen
 from proca_stats.server.state.counters import Snapshot
 from proca_stats.server.state.handover import Lookup, swap_in
@@ -87,7 +88,8 @@ class StatsServer:
         )
         self.sync = SyncWorker(
             self.refresher,
-            self,
+            self._deliver,
+            self.metrics,
             interval=config.sync_interval_ms / 1000,
             increments_before=self.store.arrivals,
         )
@@ -202,19 +204,12 @@ class StatsServer:
         self._pool.close()
         self.metrics.close()
 
-    def delivered(self, snapshot: Snapshot, seen: Lookup, seconds: float) -> None:
+    def _deliver(self, snapshot: Snapshot, seen: Lookup) -> None:
         """A calculation finished: its figures replace the old ones, and the server is ready."""
         reapplied = swap_in(self.store, snapshot, seen)
         if reapplied:
             log.debug("re-applied %d increments the snapshot had not seen", reapplied)
-        self.metrics.sync_succeeded(seconds)
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
-
-    def started(self) -> None:
-        self.metrics.sync_started()
-
-    def failed(self, seconds: float) -> None:
-        self.metrics.sync_failed()
 
     def _fanout_connected(self, connected: bool) -> None:
         status = health_pb2.HealthCheckResponse

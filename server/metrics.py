@@ -9,25 +9,14 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
 from wsgiref.simple_server import WSGIServer
 
-import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-
-from proca_stats.server.api.handlers import (
-    Continuation,
-    Handler,
-    Interceptor,
-    behavior_of,
-    with_behavior,
-)
 
 # GetStats answers in well under a millisecond: the default buckets start at 5 ms.
 RPC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 1.0, 5.0)
 SYNC_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
-UNKNOWN_METHOD = "unknown"  # the method label of calls to methods this server does not have
 # Fan-out delivery is a batching window plus a database round trip: milliseconds.
 DELIVERY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -150,67 +139,3 @@ class Metrics:
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
-
-
-class MetricsInterceptor(Interceptor):
-    """Counts every RPC by method and final status, and times the unary ones."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self._metrics = metrics
-
-    def intercept_service(
-        self,
-        continuation: Continuation,
-        details: grpc.HandlerCallDetails,
-    ) -> Handler | None:
-        handler = continuation(details)
-        if handler is None:  # gRPC answers UNIMPLEMENTED; the name is the caller's, unbounded
-            self._metrics.rpcs_started.labels(UNKNOWN_METHOD).inc()
-            self._metrics.rpcs.labels(UNKNOWN_METHOD, "UNIMPLEMENTED").inc()
-            return None
-        method = details.method.lstrip("/")
-        self._metrics.rpcs_started.labels(method).inc()
-        behavior = behavior_of(handler)
-        count = self._metrics.rpcs
-        timing = self._metrics.rpc_seconds
-
-        def code_of(context: grpc.ServicerContext, failed: bool) -> str:
-            code = context.code()  # type: ignore[attr-defined]  # grpcio has it; the stubs lag
-            if code is None:
-                return "UNKNOWN" if failed else "OK"
-            return str(code.name)
-
-        if getattr(behavior, "experimental_non_blocking", False):
-            # grpc's health Watch: it returns at once and answers later through the
-            # callback, so it is counted when the RPC ends; wrapped in a generator
-            # it would hold its one-thread pool and starve the next watcher.
-            def answered_later(request: Any, context: grpc.ServicerContext, *callback: Any) -> Any:
-                context.add_callback(lambda: count.labels(method, code_of(context, False)).inc())
-                return behavior(request, context, *callback)
-
-            return with_behavior(handler, answered_later, forwards_callback=True)
-
-        if handler.unary_stream or handler.stream_stream:
-
-            def streamed(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                failed = True
-                try:
-                    yield from behavior(request, context)
-                    failed = False
-                finally:
-                    count.labels(method, code_of(context, failed)).inc()
-
-            return with_behavior(handler, streamed)
-
-        def answered(request: Any, context: grpc.ServicerContext) -> Any:
-            started = time.perf_counter()
-            failed = True
-            try:
-                response = behavior(request, context)
-                failed = False
-                return response
-            finally:
-                timing.labels(method).observe(time.perf_counter() - started)
-                count.labels(method, code_of(context, failed)).inc()
-
-        return with_behavior(handler, answered)

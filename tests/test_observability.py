@@ -134,8 +134,13 @@ def test_the_sync_log_line_says_what_was_read(
     for n in range(3):
         db.person(campaign, page, f"fp{n}".encode())
     with caplog.at_level(logging.INFO, logger="proca_stats.server.sync.worker"):
-        resync(server)
-    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("sync:"))
+        resync(server)  # the line is logged once the figures are in: wait for it
+        line = wait_for(
+            lambda: next(
+                (m for r in caplog.records if (m := r.getMessage()).startswith("sync:")), None
+            ),
+            what="the sync's log line",
+        )
     found = re.search(r"1 campaigns in [0-9.]+ s, (\d+) rows read", line)
     assert found, line
     # At least: the campaign, its page, its supporters' row and its actions' row.

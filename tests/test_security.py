@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from concurrent import futures
 from pathlib import Path
 
 import grpc
@@ -21,6 +22,7 @@ from proca_stats.client import (
 )
 from proca_stats.contract.v1 import stats_pb2, stats_pb2_grpc
 from proca_stats.server.api.auth import load_tokens
+from proca_stats.server.api.health import HealthServicer
 from proca_stats.server.api.tls import read_tls
 from proca_stats.server.app import StatsServer
 from proca_stats.server.settings import ConfigError, Limits, TlsKeys, check_exposure, is_loopback
@@ -288,6 +290,39 @@ def test_health_lists_every_status(server: StatsServer) -> None:
         "": serving,
         "proca.stats.v1.StatsService": serving,
     }
+
+
+def test_health_list_agrees_with_check_through_a_graceful_shutdown() -> None:
+    """List answers from statuses kept by our own servicer, the same Check answers: before,
+    and after a graceful shutdown, which sets every service NOT_SERVING for good."""
+    status = health_pb2.HealthCheckResponse
+    servicer = HealthServicer(experimental_non_blocking=False)
+    grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, grpc_server)
+    port = grpc_server.add_insecure_port("127.0.0.1:0")
+    grpc_server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+
+            def listed() -> dict[str, int]:
+                reply = stub.List(health_pb2.HealthListRequest(), timeout=5)
+                return {name: s.status for name, s in reply.statuses.items()}
+
+            def checked(names: list[str]) -> dict[str, int]:
+                request = health_pb2.HealthCheckRequest
+                return {n: stub.Check(request(service=n), timeout=5).status for n in names}
+
+            assert listed() == {"": status.NOT_SERVING}
+            servicer.set("", status.SERVING)
+            servicer.set("a", status.NOT_SERVING)
+            assert listed() == checked(["", "a"]) == {"": status.SERVING, "a": status.NOT_SERVING}
+            servicer.enter_graceful_shutdown()
+            servicer.set("", status.SERVING)  # ignored from now on
+            after = {"": status.NOT_SERVING, "a": status.NOT_SERVING}
+            assert listed() == checked(["", "a"]) == after
+    finally:
+        grpc_server.stop(0)
 
 
 @pytest.mark.parametrize("metrics", [False, True], ids=["tokens", "tokens-and-metrics"])

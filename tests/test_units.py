@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dis
 import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 
 import grpc
 import pytest
@@ -16,6 +18,7 @@ from proca_stats import client as client_errors
 from proca_stats.cli.main import command_of
 from proca_stats.contract.v1 import stats_pb2
 from proca_stats.server.api.auth import load_tokens, presented_token
+from proca_stats.server.retry import backoff_delay
 from proca_stats.server.settings import (
     ConfigError,
     parse_count,
@@ -28,7 +31,7 @@ from proca_stats.server.state.counters import CampaignCounters, Increment, incre
 from proca_stats.server.state.store import StatsStore
 from proca_stats.server.state.validation import ValidationError, increment_from, watch_from
 from proca_stats.server.state.watchers import Watchers, WatchersClosed, WatchersFull
-from proca_stats.server.sync.worker import backoff_delay
+from proca_stats.server.sync.worker import Requests
 
 increments = st.builds(
     Increment,
@@ -318,3 +321,35 @@ def test_load_tokens_refuses_a_token_that_is_not_printable_ascii(
 )
 def test_command_of(argv: list[str], command: str | None) -> None:
     assert command_of(argv) == command
+
+
+def test_a_full_calculation_asked_for_while_the_worker_takes_the_last_request_is_kept() -> None:
+    """The worker reads and clears the "full" flag while another thread may set it. The
+    other thread's request is made at the worst moment, forced rather than hoped for: the
+    worker is traced opcode by opcode and stopped just before it stores the cleared flag.
+    Without the lock the request is overwritten and the next run is wrongly incremental;
+    with it, the request waits for the worker and is taken by the next run."""
+    requests = Requests()
+    take = Requests.take_full.__code__
+    clear_at = next(
+        i.offset
+        for i in dis.get_instructions(take)
+        if i.opname == "STORE_ATTR" and i.argval == "_full"
+    )
+    asking = threading.Thread(target=lambda: requests.ask(full=True))
+
+    def trace(frame: FrameType, event: str, arg: object) -> object:
+        if frame.f_code is take:
+            frame.f_trace_opcodes = True
+            if event == "opcode" and frame.f_lasti == clear_at and not asking.is_alive():
+                asking.start()
+                asking.join(0.5)  # done at once unless the lock makes it wait for this run
+        return trace
+
+    sys.settrace(trace)
+    try:
+        assert requests.take_full() is False  # nothing was asked for before this run began
+    finally:
+        sys.settrace(None)
+    asking.join()
+    assert requests.take_full() is True

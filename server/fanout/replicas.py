@@ -32,9 +32,9 @@ from psycopg.rows import TupleRow
 from proca_stats.server.database import connection_options
 from proca_stats.server.fanout.payload import PayloadError, decode, encode, sender_prefix
 from proca_stats.server.metrics import FanoutMetrics
+from proca_stats.server.retry import Backoff
 from proca_stats.server.state.counters import Increment
 from proca_stats.server.state.store import CapacityError, StatsStore
-from proca_stats.server.sync.worker import Backoff
 
 log = logging.getLogger(__name__)
 

@@ -10,14 +10,13 @@ keeps answering with the last figures and retries with a capped backoff.
 from __future__ import annotations
 
 import logging
-import random
 import threading
-import time
 from collections.abc import Callable
 from typing import Protocol
 
 import psycopg
 
+from proca_stats.server.retry import Backoff
 from proca_stats.server.state.counters import Snapshot
 from proca_stats.server.state.handover import Lookup
 from proca_stats.server.sync.refresh import RefreshCancelled, Refresher
@@ -28,50 +27,63 @@ log = logging.getLogger(__name__)
 STOP_WAIT = 5.0
 
 
-def backoff_delay(failures: int, base: float, cap: float) -> float:
-    """Seconds to wait after the n-th failure in a row: doubling, capped, half of it jittered.
-
-    The jitter keeps several servers that lost the same database from
-    reconnecting in lockstep.
-    """
-    delay: float = min(cap, base * 2 ** (failures - 1))
-    return delay * random.uniform(0.5, 1.0)
+# Where a snapshot goes: swapped into the store. It is called while the snapshot's
+# transaction is still open, so that ``seen(action_ids)`` can tell which actions it sees.
+Deliver = Callable[[Snapshot, Lookup], None]
 
 
-class Backoff:
-    """The failures in a row of one thread's attempts, and how long to wait after the last."""
+class SyncMetrics(Protocol):
+    """What the worker reports: each refresh when it starts, then its success or failure."""
 
-    def __init__(self, base: float, cap: float) -> None:
-        self._base = base
-        self._cap = cap
-        self.failures = 0
+    def sync_started(self) -> None: ...
 
-    def failed(self) -> float:
-        """Count a failure; the seconds to wait before the next attempt."""
-        self.failures += 1
-        return backoff_delay(self.failures, self._base, self._cap)
+    def sync_succeeded(self, seconds: float) -> None: ...
 
-    def succeeded(self) -> None:
-        self.failures = 0
+    def sync_failed(self) -> None: ...
 
 
-class SyncListener(Protocol):
-    """Where the sync's results go: the store (through the app) and the metrics.
+class Requests:
+    """Refreshes asked for by other threads, and the stop: the worker's one wake-up.
 
-    ``started()`` comes before each refresh, then ``delivered`` or ``failed``.
-    ``delivered(snapshot, seen, seconds)`` runs while the snapshot's transaction
-    is still open: ``seen(action_ids)`` tells which actions the snapshot sees.
+    One lock guards the flags, so a full calculation asked for while the worker
+    takes the last request is kept for the next run, never downgraded to an
+    incremental one.
     """
 
-    def started(self) -> None: ...
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._woken = False
+        self._full = False
+        self.stopping = False
 
-    def delivered(self, snapshot: Snapshot, seen: Lookup, seconds: float) -> None: ...
+    def ask(self, *, full: bool = False) -> None:
+        with self._cond:
+            self._woken = True
+            self._full |= full
+            self._cond.notify()
 
-    def failed(self, seconds: float) -> None: ...
+    def stop(self) -> None:
+        with self._cond:
+            self.stopping = True
+            self._cond.notify()
+
+    def wait(self, timeout: float | None) -> bool:
+        """Wait until asked, stopped or ``timeout`` s passed (None: no timeout); False once
+        stopping. A request made while the worker was busy ends the wait at once."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._woken or self.stopping, timeout)
+            self._woken = False
+            return not self.stopping
+
+    def take_full(self) -> bool:
+        """Whether a full calculation was asked for since the last call."""
+        with self._cond:
+            full, self._full = self._full, False
+            return full
 
 
 class SyncWorker:
-    """Refreshes the figures at an interval and passes each snapshot to its listener.
+    """Refreshes the figures at an interval and delivers each snapshot.
 
     ``increments_before()`` is read just before each snapshot is taken.
     """
@@ -79,7 +91,8 @@ class SyncWorker:
     def __init__(
         self,
         refresher: Refresher,
-        listener: SyncListener,
+        deliver: Deliver,
+        metrics: SyncMetrics,
         *,
         interval: float,
         increments_before: Callable[[], int] = lambda: 0,
@@ -88,13 +101,12 @@ class SyncWorker:
     ) -> None:
         """``interval`` is in seconds; 0 calculates once at start (retrying until it succeeds)."""
         self._refresher = refresher
-        self._listener = listener
+        self._deliver = deliver
+        self._metrics = metrics
         self._interval = interval
         self._increments_before = increments_before
         self._retry = Backoff(retry_base, retry_cap)
-        self._wake = threading.Event()
-        self._full_requested = False
-        self._stopping = False
+        self._requests = Requests()
         self._thread = threading.Thread(target=self._run, name="proca-stats-sync", daemon=True)
 
     def start(self) -> None:
@@ -105,9 +117,7 @@ class SyncWorker:
 
     def request(self, *, full: bool = False) -> None:
         """Refresh now rather than at the next interval; ``full``: a full calculation."""
-        if full:
-            self._full_requested = True
-        self._wake.set()
+        self._requests.ask(full=full)
 
     def stop(self, timeout: float = STOP_WAIT) -> None:
         """Cancel the running calculation, if any, and release its transactions.
@@ -116,8 +126,7 @@ class SyncWorker:
         queries rather than wait, and gives up on the thread after ``timeout``
         seconds (it is a daemon; closing the pool then ends its connections).
         """
-        self._stopping = True
-        self._wake.set()
+        self._requests.stop()
         self._refresher.cancel()
         self._thread.join(timeout)
         if self._thread.is_alive():
@@ -126,32 +135,30 @@ class SyncWorker:
             self._refresher.close()
 
     def _run(self) -> None:
-        while not self._stopping:
-            self._wake.clear()
+        delay: float | None = 0
+        while self._requests.wait(delay):
             if self._attempt():
                 self._retry.succeeded()
                 delay = self._interval or None  # None: only when requested
-            elif self._stopping:
+            elif self._requests.stopping:
                 break
             else:
                 delay = self._retry.failed()
                 log.warning("keeping the last figures; next try in %.1f s", delay)
-            self._wake.wait(delay)
 
     def _attempt(self) -> bool:
         """Run one refresh and deliver it; False when it failed."""
-        full, self._full_requested = self._full_requested, False
-        started = time.monotonic()
-        self._listener.started()
+        full = self._requests.take_full()
+        self._metrics.sync_started()
         try:
             snapshot, report = self._refresher.run(
                 full=full, increments_before=self._increments_before()
             )
-            self._listener.delivered(snapshot, self._refresher.seen, report.seconds)
+            self._deliver(snapshot, self._refresher.seen)
             self._refresher.settle()
         except Exception as error:
             self._refresher.abandon()
-            if self._stopping and isinstance(
+            if self._requests.stopping and isinstance(
                 error, (RefreshCancelled, psycopg.errors.QueryCanceled, psycopg.OperationalError)
             ):
                 log.info("sync: the running refresh was cancelled, the server is stopping")
@@ -163,8 +170,9 @@ class SyncWorker:
             else:
                 # A bug must not end the thread: the figures would silently freeze.
                 log.exception("sync failed: unexpected error")
-            self._listener.failed(time.monotonic() - started)
+            self._metrics.sync_failed()
             return False
+        self._metrics.sync_succeeded(report.seconds)
         log.info(
             "sync: %s refresh, %d campaigns in %.3f s, %d rows read (snapshot %s; %d actions "
             "and %d supporters changed, %d keys, %d campaigns recounted)",
