@@ -11,6 +11,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from psycopg_pool import ConnectionPool
 
+from proca_stats.server.api.answers import Answers
 from proca_stats.server.api.auth import TokenAuthInterceptor, read_methods
 from proca_stats.server.api.grpc_service import (
     ANSWERED_WITH_BYTES,
@@ -135,9 +136,10 @@ class StatsServer:
             max_workers=config.max_watchers + REFUSING_THREADS,
             thread_name_prefix="proca-stats-watch",
         )
-        servicer = StatsServicer(
+        self.answers = Answers(
             self.store, self.watchers, self.fanout.publish if self.fanout else None
         )
+        servicer = StatsServicer(self.answers)
         _run_on_pool(servicer, ANSWERED_WITH_BYTES["WatchStats"], self._watch_pool)
         add_stats_service(servicer, self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
