@@ -49,7 +49,9 @@ from proca_stats.server.database import create_recommended_indexes, init_schema
 from proca_stats.server.settings import DEFAULT_CHANGE_OVERLAP_MS, DEFAULT_SLOW_SYNC_INTERVAL_MS
 from proca_stats.server.state.counters import CampaignCounters
 from proca_stats.server.sync.calculation import calculate
-from proca_stats.server.sync.refresh import CONNECTIONS, Refresher
+from proca_stats.server.sync.changes import UpdatedAt
+from proca_stats.server.sync.refresh import Refresher
+from proca_stats.server.sync.snapshots import CONNECTIONS, Snapshots
 
 HERE = Path(__file__).resolve().parent
 GET_STATS = "/proca.stats.v1.StatsService/GetStats"
@@ -232,11 +234,10 @@ def _refreshes(url: str, full_seconds: float, sizes: list[int], rounds: int) -> 
     with ConnectionPool(url, min_size=1, max_size=CONNECTIONS) as pool:
         # The server's defaults: closed and ignored campaigns wait for the slow refresh.
         refresher = Refresher(
-            pool,
-            connect_timeout=10,
+            Snapshots(pool, connect_timeout=10),
+            UpdatedAt(overlap=DEFAULT_CHANGE_OVERLAP_MS / 1000),
             full_interval=0,
             slow_interval=DEFAULT_SLOW_SYNC_INTERVAL_MS / 1000,
-            overlap=DEFAULT_CHANGE_OVERLAP_MS / 1000,
         )
         try:
             refresher.run()

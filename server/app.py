@@ -32,7 +32,9 @@ from proca_stats.server.state.counters import Snapshot
 from proca_stats.server.state.handover import Lookup, swap_in
 from proca_stats.server.state.store import StatsStore
 from proca_stats.server.state.watchers import Watchers
-from proca_stats.server.sync.refresh import CONNECTIONS, Refresher
+from proca_stats.server.sync.changes import UpdatedAt
+from proca_stats.server.sync.refresh import Refresher
+from proca_stats.server.sync.snapshots import CONNECTIONS, Snapshots
 from proca_stats.server.sync.worker import SyncWorker
 
 log = logging.getLogger(__name__)
@@ -80,12 +82,14 @@ class StatsServer:
             kwargs=connection_options("proca-stats", config.connect_timeout),
         )
         self.refresher = Refresher(
-            self._pool,
-            connect_timeout=config.connect_timeout,
-            timeout=config.sync_timeout_ms / 1000,
+            Snapshots(
+                self._pool,
+                connect_timeout=config.connect_timeout,
+                timeout=config.sync_timeout_ms / 1000,
+            ),
+            UpdatedAt(overlap=config.change_overlap_ms / 1000),
             full_interval=config.full_sync_interval_ms / 1000,
             slow_interval=config.slow_sync_interval_ms / 1000,
-            overlap=config.change_overlap_ms / 1000,
         )
         self.sync = SyncWorker(
             self.refresher,

@@ -15,7 +15,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -25,6 +25,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
+from psycopg_pool import ConnectionPool
 
 from proca_stats.client import StatsClient
 from proca_stats.contract.v1 import stats_pb2_grpc
@@ -33,6 +34,9 @@ from proca_stats.server.app import FANOUT_SERVICE_NAME, StatsServer
 from proca_stats.server.database import embedded_postgres, init_schema
 from proca_stats.server.settings import ServeConfig
 from proca_stats.server.state.counters import CampaignCounters
+from proca_stats.server.sync.changes import UpdatedAt
+from proca_stats.server.sync.refresh import Refresher
+from proca_stats.server.sync.snapshots import CONNECTIONS, Snapshots
 from tests.proca_data import ProcaData
 
 T = TypeVar("T")
@@ -278,3 +282,35 @@ def actions_locked(database_url: str) -> Iterator[psycopg.Connection]:
     """``lock_actions`` for a block; rows inserted on its connection commit at the end."""
     with lock_actions(database_url) as conn:  # commits and closes on leaving
         yield conn
+
+
+Refreshing = Callable[..., AbstractContextManager[Refresher]]
+
+
+@pytest.fixture
+def refreshing(database_url: str) -> Refreshing:
+    """Opens refreshers over the test's database, as the server builds them (updated_at
+    changes), each closed at the end of its ``with`` block. Times in seconds; by default
+    every change is refreshed at once (no slow refresh, no safety net, no overlap)."""
+
+    @contextmanager
+    def refresher(
+        *,
+        full_interval: float = 0,
+        slow_interval: float = 0,
+        overlap: float = 0,
+        connections: int = CONNECTIONS,
+    ) -> Iterator[Refresher]:
+        with ConnectionPool(database_url, min_size=1, max_size=connections) as pool:
+            opened = Refresher(
+                Snapshots(pool, connect_timeout=5),
+                UpdatedAt(overlap),
+                full_interval=full_interval,
+                slow_interval=slow_interval,
+            )
+            try:
+                yield opened
+            finally:
+                opened.close()
+
+    return refresher

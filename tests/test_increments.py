@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 
 import pytest
-from psycopg_pool import ConnectionPool
 
 from proca_stats.client import StatsClient
 from proca_stats.server.app import StatsServer
@@ -19,8 +18,7 @@ from proca_stats.server.settings import Limits
 from proca_stats.server.state.counters import CampaignCounters, Increment
 from proca_stats.server.state.handover import swap_in
 from proca_stats.server.state.store import StatsStore
-from proca_stats.server.sync.refresh import CONNECTIONS, Refresher
-from tests.conftest import actions_locked, resync, wait_for, waiting_for_actions
+from tests.conftest import Refreshing, actions_locked, resync, wait_for, waiting_for_actions
 from tests.proca_data import ProcaData
 
 
@@ -102,14 +100,14 @@ def test_an_increment_whose_action_never_reaches_the_database_is_forgotten(
 
 
 def test_increments_arriving_between_the_look_up_and_the_swap_are_applied(
-    db: ProcaData, world: tuple[int, int, int], database_url: str
+    db: ProcaData,
+    world: tuple[int, int, int],
+    refreshing: Refreshing,
 ) -> None:
     """The store refuses a swap prepared before the latest arrival; the newcomer is handled."""
     org, campaign, page = world
     store = StatsStore()
-    pool = ConnectionPool(database_url, min_size=1, max_size=CONNECTIONS, open=True)
-    refresher = Refresher(pool, connect_timeout=5, full_interval=0, slow_interval=0, overlap=60)
-    try:
+    with refreshing(overlap=60) as refresher:
         snapshot, _ = refresher.run(increments_before=store.arrivals())
         swap_in(store, snapshot, refresher.seen)
         refresher.settle()
@@ -137,9 +135,6 @@ def test_increments_arriving_between_the_look_up_and_the_swap_are_applied(
         # Dave is in the database now; the missing action never was: forgotten.
         assert store.get(campaign)[0] == CampaignCounters(1, {"signature": 1}, {}, {org: 1})
         assert store.remembered() == 1  # dave's id, kept one generation against retries
-    finally:
-        refresher.close()
-        pool.close()
 
 
 def test_action_ids_remembered_between_syncs_are_capped_oldest_first() -> None:

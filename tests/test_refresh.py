@@ -2,29 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 
 import psycopg
 import pytest
-from psycopg_pool import ConnectionPool
 
 from proca_stats.server.state.counters import CampaignCounters
 from proca_stats.server.sync.calculation import calculate
-from proca_stats.server.sync.refresh import (
-    CONNECTIONS,
-    LOOKUP_CONNECTIONS,
-    LOOKUP_PART,
-    MANY_CHANGES,
-    Refresher,
-)
+from proca_stats.server.sync.refresh import MANY_CHANGES, Refresher
+from proca_stats.server.sync.snapshots import CONNECTIONS, LOOKUP_CONNECTIONS, LOOKUP_PART
+from tests.conftest import Refreshing
 from tests.proca_data import BASE_TIME, ProcaData
-
-
-@pytest.fixture
-def pool(database_url: str) -> Iterator[ConnectionPool]:
-    with ConnectionPool(database_url, min_size=1, max_size=CONNECTIONS) as opened:
-        yield opened
 
 
 def full(database_url: str) -> dict[int, CampaignCounters]:
@@ -62,13 +50,12 @@ def refresh(refresher: Refresher) -> tuple[dict[int, CampaignCounters], str]:
 
 
 def test_closed_campaigns_wait_for_the_slow_refresh(
-    db: ProcaData, pool: ConnectionPool, database_url: str
+    db: ProcaData, refreshing: Refreshing, database_url: str
 ) -> None:
     org = db.org()
     live, closed = db.campaign(org), db.campaign(org, status=1)
     live_page, closed_page = db.page(live, org), db.page(closed, org)
-    refresher = Refresher(pool, connect_timeout=5, full_interval=0, slow_interval=3600, overlap=0)
-    try:
+    with refreshing(slow_interval=3600) as refresher:
         assert refresh(refresher) == (full(database_url), "full")
         db.person(live, live_page, b"alice")
         db.person(closed, closed_page, b"bob")
@@ -79,29 +66,24 @@ def test_closed_campaigns_wait_for_the_slow_refresh(
         snapshot, _ = refresher.run(full=True)
         refresher.settle()
         assert snapshot.campaigns == full(database_url)
-    finally:
-        refresher.close()
 
 
 def test_a_campaign_that_becomes_live_is_recounted_at_once(
-    db: ProcaData, pool: ConnectionPool, database_url: str
+    db: ProcaData, refreshing: Refreshing, database_url: str
 ) -> None:
     org = db.org()
     closed = db.campaign(org, status=1)
     page = db.page(closed, org)
-    refresher = Refresher(pool, connect_timeout=5, full_interval=0, slow_interval=3600, overlap=0)
-    try:
+    with refreshing(slow_interval=3600) as refresher:
         refresh(refresher)
         db.person(closed, page, b"carol")
         assert refresh(refresher)[0][closed] == CampaignCounters()
         db.conn.execute("UPDATE campaigns SET status = 0 WHERE id = %s", (closed,))
         assert refresh(refresher)[0] == full(database_url)
-    finally:
-        refresher.close()
 
 
 def test_deletes_are_left_to_the_safety_net(
-    db: ProcaData, pool: ConnectionPool, database_url: str
+    db: ProcaData, refreshing: Refreshing, database_url: str
 ) -> None:
     """A delete leaves no trace; the full calculation at --full-sync-interval sees it."""
     org = db.org()
@@ -109,20 +91,17 @@ def test_deletes_are_left_to_the_safety_net(
     page = db.page(campaign, org)
     gone = db.person(campaign, page, b"dave")
     db.person(campaign, page, b"erin")
-    refresher = Refresher(pool, connect_timeout=5, full_interval=1e-6, slow_interval=0, overlap=0)
-    try:
+    with refreshing(full_interval=1e-6) as refresher:
         before, _ = refresh(refresher)
         db.conn.execute("DELETE FROM actions WHERE id = %s", (gone,))
         # The interval (1 µs) has passed by the next refresh: it is a full calculation.
         after, kind = refresh(refresher)
         assert kind == "full"
         assert after == full(database_url) != before
-    finally:
-        refresher.close()
 
 
 def test_many_changes_make_a_full_calculation(
-    db: ProcaData, pool: ConnectionPool, database_url: str
+    db: ProcaData, refreshing: Refreshing, database_url: str
 ) -> None:
     """Past MANY_CHANGES changed rows a full calculation costs less than a refresh, and gives the
     same figures."""
@@ -130,8 +109,7 @@ def test_many_changes_make_a_full_calculation(
     campaign = db.campaign(org)
     page = db.page(campaign, org)
     db.person(campaign, page, b"fred")
-    refresher = Refresher(pool, connect_timeout=5, full_interval=0, slow_interval=0, overlap=0)
-    try:
+    with refreshing() as refresher:
         refresh(refresher)
         add_people(db, campaign, page, MANY_CHANGES + 1, acted_later=timedelta(days=1))
         figures, kind = refresh(refresher)
@@ -140,12 +118,12 @@ def test_many_changes_make_a_full_calculation(
         assert figures[campaign].supporters == MANY_CHANGES + 2
         db.person(campaign, page, b"gina", at=BASE_TIME + timedelta(days=2))
         assert refresh(refresher) == (full(database_url), "incremental")
-    finally:
-        refresher.close()
 
 
 @pytest.mark.parametrize("spare", [True, False], ids=["spare connections", "none to spare"])
-def test_many_keys_are_looked_up_in_parts(db: ProcaData, database_url: str, spare: bool) -> None:
+def test_many_keys_are_looked_up_in_parts(
+    db: ProcaData, refreshing: Refreshing, database_url: str, spare: bool
+) -> None:
     """A large key set is split in parts, read on several connections at once, or one after
     the other when the pool has none to spare; the figures are a full calculation's either
     way, with keys that changed org, stopped counting, or did not change."""
@@ -155,9 +133,7 @@ def test_many_keys_are_looked_up_in_parts(db: ProcaData, database_url: str, spar
     people = LOOKUP_CONNECTIONS * LOOKUP_PART
     add_people(db, campaign, page, people)
     # Without spare connections: the two that keep snapshots and the one that reads in them.
-    pool = ConnectionPool(database_url, min_size=1, max_size=CONNECTIONS if spare else 3, open=True)
-    refresher = Refresher(pool, connect_timeout=5, full_interval=0, slow_interval=0, overlap=0)
-    try:
+    with refreshing(connections=CONNECTIONS if spare else 3) as refresher:
         refresh(refresher)
         changed = BASE_TIME + timedelta(days=1)
         # Everyone acted again on the other org's page: every other person's new action was
@@ -182,6 +158,3 @@ def test_many_keys_are_looked_up_in_parts(db: ProcaData, database_url: str, spar
         assert snapshot.campaigns == full(database_url)
         by_org = snapshot.campaigns[campaign].supporters_by_org
         assert by_org[org] < people // 2 < by_org[other_org]  # the figures did move
-    finally:
-        refresher.close()
-        pool.close()

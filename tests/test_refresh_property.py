@@ -14,19 +14,16 @@ is held to the figures Proca gives.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import psycopg
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from psycopg_pool import ConnectionPool
 
 from proca_stats.server.state.counters import CampaignCounters
 from proca_stats.server.sync.calculation import calculate
-from proca_stats.server.sync.refresh import CONNECTIONS, Refresher
+from tests.conftest import Refreshing
 
 BASE = datetime(2026, 3, 1, 9, 0, 0)
 FINGERPRINTS = [b"ann", b"ben", b"cat", b"dan"]
@@ -269,12 +266,6 @@ def apply(proca: Proca, change: tuple[object, ...]) -> bool:
     return False
 
 
-@pytest.fixture
-def pool(database_url: str) -> Iterator[ConnectionPool]:
-    with ConnectionPool(database_url, min_size=1, max_size=CONNECTIONS) as opened:
-        yield opened
-
-
 @settings(
     max_examples=60,
     deadline=None,
@@ -282,7 +273,9 @@ def pool(database_url: str) -> Iterator[ConnectionPool]:
 )
 @given(steps=st.lists(changes, min_size=1, max_size=20))
 def test_incremental_refresh_equals_a_full_calculation_after_every_change(
-    database_url: str, pool: ConnectionPool, steps: list[tuple[object, ...]]
+    database_url: str,
+    refreshing: Refreshing,
+    steps: list[tuple[object, ...]],
 ) -> None:
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(
@@ -291,8 +284,7 @@ def test_incremental_refresh_equals_a_full_calculation_after_every_change(
         proca = Proca(conn)
         proca.setup()
         # Every change is refreshed at once, closed campaigns included (slow interval 0).
-        refresher = Refresher(pool, connect_timeout=5, full_interval=0, slow_interval=0, overlap=0)
-        try:
+        with refreshing() as refresher:
             snapshot, _ = refresher.run()
             refresher.settle()
             for step in steps:
@@ -303,5 +295,3 @@ def test_incremental_refresh_equals_a_full_calculation_after_every_change(
                     expected = calculate(fresh).campaigns
                     assert proca_figures(fresh) == expected, "the full calculation is Proca's"
                 assert snapshot.campaigns == expected, f"after {step} ({report.kind})"
-        finally:
-            refresher.close()

@@ -131,10 +131,6 @@ ACTIONS_BY_TYPE = """
 # Pages and campaigns are small tables: read whole, every time.
 PAGES = "SELECT id, campaign_id, org_id, extra_supporters FROM action_pages"
 CAMPAIGNS = "SELECT id, status FROM campaigns"
-# The newest change the snapshot holds (an index on updated_at makes these instant).
-LATEST_CHANGES = """
-    SELECT (SELECT max(updated_at) FROM actions), (SELECT max(updated_at) FROM supporters)
-"""
 
 Key = tuple[int, bytes]  # (campaign id, fingerprint)
 Cursor = psycopg.Cursor[TupleRow]

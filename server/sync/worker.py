@@ -19,7 +19,8 @@ import psycopg
 from proca_stats.server.retry import Backoff
 from proca_stats.server.state.counters import Snapshot
 from proca_stats.server.state.handover import Lookup
-from proca_stats.server.sync.refresh import RefreshCancelled, Refresher
+from proca_stats.server.sync.refresh import Refresher
+from proca_stats.server.sync.snapshots import RefreshCancelled
 
 log = logging.getLogger(__name__)
 
