@@ -26,9 +26,10 @@ from google.protobuf.message import Message
 
 from proca_stats.client import DEFAULT_TARGET, StatsClient, StatsError
 from proca_stats.server.api.auth import load_tokens
+from proca_stats.server.api.grpc_server import BindError
 from proca_stats.server.api.messages import campaign_stats
 from proca_stats.server.api.tls import read_certificates, read_key_pair, read_tls
-from proca_stats.server.app import BindError, StatsServer
+from proca_stats.server.app import StatsServer
 from proca_stats.server.database import (
     EmbeddedDatabaseError,
     create_recommended_indexes,

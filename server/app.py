@@ -1,29 +1,21 @@
-"""A running proca-stats: gRPC server, store, sync and health, started and stopped together."""
+"""A running proca-stats: its parts built, wired together, started and stopped together.
+
+Only wiring lives here: the store and its watchers (state), the answers and the
+gRPC port (api), the refresher and its thread (sync), the fan-out between
+replicas, and the metrics they all report to.
+"""
 
 from __future__ import annotations
 
-import functools
 import logging
+from collections.abc import Callable
 from concurrent import futures
 
-import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from psycopg_pool import ConnectionPool
 
 from proca_stats.server.api.answers import Answers
-from proca_stats.server.api.auth import TokenAuthInterceptor, read_methods
-from proca_stats.server.api.grpc_service import (
-    ANSWERED_WITH_BYTES,
-    SERVICE,
-    StatsServicer,
-    add_stats_service,
-)
-from proca_stats.server.api.handlers import Interceptor
-from proca_stats.server.api.health import HealthServicer
-from proca_stats.server.api.malformed import MalformedRequests
-from proca_stats.server.api.rpc_metrics import MetricsInterceptor
-from proca_stats.server.api.tls import server_credentials
+from proca_stats.server.api.grpc_server import BindError, GrpcServer
+from proca_stats.server.api.health import FANOUT_SERVICE, READY_SERVICES, HealthServicer
 from proca_stats.server.database import connection_options
 from proca_stats.server.fanout.replicas import Fanout
 from proca_stats.server.metrics import Metrics
@@ -35,32 +27,21 @@ from proca_stats.server.state.watchers import Watchers
 from proca_stats.server.sync.changes import UpdatedAt
 from proca_stats.server.sync.refresh import Refresher
 from proca_stats.server.sync.snapshots import CONNECTIONS, Snapshots
-from proca_stats.server.sync.worker import SyncWorker
+from proca_stats.server.sync.worker import Deliver, SyncWorker
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME: str = SERVICE.full_name
-# A health-only name: SERVING while this replica hears the others' Increments.
-FANOUT_SERVICE_NAME = "proca.stats.v1.Fanout"
 
-REFUSING_THREADS = 4  # WatchStats threads beyond the limit, to answer RESOURCE_EXHAUSTED
+def delivering(store: StatsStore, ready: Callable[[], None]) -> Deliver:
+    """Where the sync hands a snapshot: swapped into the store, then the server is ready."""
 
+    def deliver(snapshot: Snapshot, seen: Lookup) -> None:
+        reapplied = swap_in(store, snapshot, seen)
+        if reapplied:
+            log.debug("re-applied %d increments the snapshot had not seen", reapplied)
+        ready()
 
-def _run_on_pool(servicer: object, method: str, pool: futures.ThreadPoolExecutor) -> None:
-    """Make gRPC run one RPC of ``servicer`` on ``pool`` rather than on the server's pool.
-
-    gRPC's sync server runs a handler on the pool named by its behaviour's
-    ``experimental_thread_pool`` attribute (grpc's own health service uses it
-    for Watch). The attribute goes on a copy bound to this servicer, not on the
-    class, so that several servers in one process keep their pools apart.
-    """
-    behaviour = functools.partial(getattr(type(servicer), method), servicer)
-    behaviour.__dict__["experimental_thread_pool"] = pool
-    setattr(servicer, method, behaviour)
-
-
-class BindError(RuntimeError):
-    """The listen address cannot be used (port in use, unknown host, no permission)."""
+    return deliver
 
 
 class StatsServer:
@@ -70,6 +51,8 @@ class StatsServer:
         self.watchers = Watchers(config.max_watchers)
         self.store = StatsStore(config.limits, self.watchers)
         self.metrics = Metrics(campaigns=self.store.__len__)
+        self.health = HealthServicer(futures.ThreadPoolExecutor(max_workers=1))
+        self.health.set_serving(READY_SERVICES, False)
         self._pool = ConnectionPool(
             # Calculations only read: they may use a read replica. LISTEN/NOTIFY needs the primary.
             config.sync_database_url or database_url,
@@ -93,16 +76,11 @@ class StatsServer:
         )
         self.sync = SyncWorker(
             self.refresher,
-            self._deliver,
+            delivering(self.store, lambda: self.health.set_serving(READY_SERVICES, True)),
             self.metrics,
             interval=config.sync_interval_ms / 1000,
             increments_before=self.store.arrivals,
         )
-        self._health = HealthServicer(
-            experimental_non_blocking=True,
-            experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=1),
-        )
-        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.fanout: Fanout | None = None
         if config.fanout:
             self.fanout = Fanout(
@@ -110,76 +88,19 @@ class StatsServer:
                 config.fanout_channel,
                 self.store,
                 self.metrics.fanout(),
-                connected=self._fanout_connected,
+                connected=lambda on: self.health.set_serving((FANOUT_SERVICE,), on),
                 missed=self.sync.request,
                 connect_timeout=config.connect_timeout,
             )
-            self._fanout_connected(False)
-        self._connect_timeout = config.connect_timeout
-        self._grpc = grpc.server(
-            futures.ThreadPoolExecutor(
-                max_workers=config.workers, thread_name_prefix="proca-stats-rpc"
-            ),
-            interceptors=self._interceptors(config),
-            options=[
-                # Without this, a second server on the same port would start silently.
-                ("grpc.so_reuseport", 0),
-                ("grpc.max_receive_message_length", config.limits.max_request_bytes),
-                # Ping idle connections so that a watcher whose client vanished
-                # without closing its connection is dropped, not kept forever.
-                ("grpc.keepalive_time_ms", 60_000),
-                ("grpc.keepalive_timeout_ms", 20_000),
-                ("grpc.http2.max_pings_without_data", 0),
-            ],
-        )
-        # A stream holds its thread for as long as it is open, so WatchStats gets a
-        # pool of its own: a thread per allowed watcher, and a few to refuse the
-        # ones past the limit at once. Watchers can then never take the unary
-        # RPCs' threads, and their idle threads never sit in the unary pool.
-        self._watch_pool = futures.ThreadPoolExecutor(
-            max_workers=config.max_watchers + REFUSING_THREADS,
-            thread_name_prefix="proca-stats-watch",
-        )
+            self.health.set_serving((FANOUT_SERVICE,), False)
         self.answers = Answers(
             self.store, self.watchers, self.fanout.publish if self.fanout else None
         )
-        servicer = StatsServicer(self.answers)
-        _run_on_pool(servicer, ANSWERED_WITH_BYTES["WatchStats"], self._watch_pool)
-        add_stats_service(servicer, self._grpc)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc
-        )
-        self.port = self._bind(config)
+        self._grpc = GrpcServer(config, self.answers, self.health, self.metrics)
+        self.port = self._grpc.port
         self.metrics_port: int | None = None
         self._metrics_listen = config.metrics_listen
-
-    def _interceptors(self, config: ServeConfig) -> list[Interceptor]:
-        """Metrics outermost, so refused calls are counted too; then authentication;
-        innermost, tolerant parsing for the services registered without it."""
-        chain: list[Interceptor] = []
-        if config.metrics_listen:
-            chain.append(MetricsInterceptor(self.metrics))
-        if config.tokens:
-            chain.append(
-                TokenAuthInterceptor(
-                    config.tokens, read_methods(SERVICE), protect_reads=config.protect_reads
-                )
-            )
-        chain.append(MalformedRequests())
-        return chain
-
-    def _bind(self, config: ServeConfig) -> int:
-        try:
-            if config.tls:
-                port = self._grpc.add_secure_port(config.listen, server_credentials(config.tls))
-            else:
-                port = self._grpc.add_insecure_port(config.listen)
-        except RuntimeError as error:
-            raise BindError(f"cannot listen on {config.listen}: {error}") from None
-        if port == 0:
-            raise BindError(f"cannot listen on {config.listen}")
-        return port
+        self._connect_timeout = config.connect_timeout
 
     def start(self) -> None:
         """Serve at once; figures come when the first calculation succeeds."""
@@ -200,27 +121,11 @@ class StatsServer:
     def stop(self, grace: float | None = None) -> None:
         """Say NOT_SERVING, end watch streams, let other in-flight RPCs finish within
         ``grace`` s, then stop the rest."""
-        self._health.enter_graceful_shutdown()
+        self.health.enter_graceful_shutdown()
         self.watchers.close()
-        self._grpc.stop(grace).wait()
-        self._watch_pool.shutdown(wait=False)
+        self._grpc.stop(grace)
         if self.fanout is not None:
             self.fanout.stop()
         self.sync.stop()
         self._pool.close()
         self.metrics.close()
-
-    def _deliver(self, snapshot: Snapshot, seen: Lookup) -> None:
-        """A calculation finished: its figures replace the old ones, and the server is ready."""
-        reapplied = swap_in(self.store, snapshot, seen)
-        if reapplied:
-            log.debug("re-applied %d increments the snapshot had not seen", reapplied)
-        self._set_health(health_pb2.HealthCheckResponse.SERVING)
-
-    def _fanout_connected(self, connected: bool) -> None:
-        status = health_pb2.HealthCheckResponse
-        self._health.set(FANOUT_SERVICE_NAME, status.SERVING if connected else status.NOT_SERVING)
-
-    def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
-        for service in ("", SERVICE_NAME):
-            self._health.set(service, status)

@@ -30,7 +30,8 @@ from psycopg_pool import ConnectionPool
 from proca_stats.client import StatsClient
 from proca_stats.contract.v1 import stats_pb2_grpc
 from proca_stats.contract.v1.stats_pb2 import CampaignStats
-from proca_stats.server.app import FANOUT_SERVICE_NAME, StatsServer
+from proca_stats.server.api.health import FANOUT_SERVICE
+from proca_stats.server.app import StatsServer
 from proca_stats.server.database import embedded_postgres, init_schema
 from proca_stats.server.settings import ServeConfig
 from proca_stats.server.state.counters import CampaignCounters
@@ -223,7 +224,7 @@ def is_serving(port: int, root_certificates: bytes | None = None, service: str =
 
 def fanout_serving(port: int) -> bool:
     """True while the server on ``port`` listens for the other replicas' Increments."""
-    return is_serving(port, service=FANOUT_SERVICE_NAME)
+    return is_serving(port, service=FANOUT_SERVICE)
 
 
 @pytest.fixture

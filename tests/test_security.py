@@ -292,11 +292,45 @@ def test_health_lists_every_status(server: StatsServer) -> None:
     }
 
 
+def test_health_watches_that_end_while_statuses_change_never_stall_the_server(
+    server: StatsServer,
+) -> None:
+    """A Watch that ends while a status is being sent to it must not hold up gRPC's serving
+    thread (grpc's own servicer sends under the lock its end-of-call callback takes there,
+    and then every RPC of the server waits): hundreds of watches end while statuses flip."""
+    flipping = threading.Event()
+    flips = 0
+
+    def flip() -> None:
+        nonlocal flips
+        while not flipping.is_set():
+            server.health.set_serving(("flipping",), flips % 2 == 0)
+            flips += 1
+
+    flipper = threading.Thread(target=flip)
+    flipper.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            request = health_pb2.HealthCheckRequest(service="flipping")
+            for _ in range(300):
+                watch = stub.Watch(request, timeout=10)
+                next(watch)
+                watch.cancel()
+            reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=10)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        flipping.set()
+        flipper.join(10)
+    assert not flipper.is_alive(), "set() stalled behind a watch that ended"
+    assert flips > 0
+
+
 def test_health_list_agrees_with_check_through_a_graceful_shutdown() -> None:
     """List answers from statuses kept by our own servicer, the same Check answers: before,
     and after a graceful shutdown, which sets every service NOT_SERVING for good."""
     status = health_pb2.HealthCheckResponse
-    servicer = HealthServicer(experimental_non_blocking=False)
+    servicer = HealthServicer(futures.ThreadPoolExecutor(max_workers=1))
     grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     health_pb2_grpc.add_HealthServicer_to_server(servicer, grpc_server)
     port = grpc_server.add_insecure_port("127.0.0.1:0")

@@ -13,7 +13,8 @@ from psycopg import sql
 
 from proca_stats.client import CampaignStats, StatsClient, Unavailable
 from proca_stats.contract.v1 import stats_pb2, stats_pb2_grpc
-from proca_stats.server.app import SERVICE_NAME, StatsServer
+from proca_stats.server.api.grpc_service import SERVICE
+from proca_stats.server.app import StatsServer
 from proca_stats.server.database import init_schema
 from tests.conftest import resync, wait_for
 from tests.proca_data import ProcaData
@@ -244,7 +245,7 @@ def test_unreachable_database_at_start_then_serving(
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         health = health_pb2_grpc.HealthStub(channel)
         stub = stats_pb2_grpc.StatsServiceStub(channel)
-        for service in ("", SERVICE_NAME):
+        for service in ("", SERVICE.full_name):
             status = health.Check(health_pb2.HealthCheckRequest(service=service)).status
             assert status == Serving.NOT_SERVING
         with pytest.raises(grpc.RpcError) as unavailable:
@@ -256,7 +257,7 @@ def test_unreachable_database_at_start_then_serving(
         with psycopg.connect(postgres_url, autocommit=True) as admin:
             admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(str(name))))
         init_schema(url)
-        watch = health.Watch(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=60)
+        watch = health.Watch(health_pb2.HealthCheckRequest(service=SERVICE.full_name), timeout=60)
         assert any(reply.status == Serving.SERVING for reply in watch)
         watch.cancel()
         assert stub.GetStats(stats_pb2.GetStatsRequest(campaign_id=1)).stats.HasField("synced_at")
