@@ -1,4 +1,4 @@
--- The queries Proca 3.4 sends for a full recalculation (SPEC §2), as plain SQL:
+-- The queries Proca 3.4 sends for a full recalculation (docs/figures.md), as plain SQL:
 -- one DISTINCT ON (campaign_id, fingerprint) … ORDER BY inserted_at pass for orgs,
 -- a second one for areas, the extras sum and the action counts.
 -- bench/run.py runs them, separated by lines of dashes, in one repeatable-read transaction.

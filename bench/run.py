@@ -1,4 +1,4 @@
-"""The proca-stats benchmark: one command, every figure the README quotes.
+"""The proca-stats benchmark: one command, every figure bench/README.md quotes.
 
     python bench/run.py --database-url postgresql://postgres@127.0.0.1:5432/postgres
 
@@ -94,7 +94,7 @@ def build(admin_url: str, name: str, supporters: int, actions: int, campaigns: i
     started = time.monotonic()
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(script.encode())
-        # As `proca-stats db init --recommended-indexes` would (README, "Recommended indexes").
+        # As `proca-stats db init --recommended-indexes` would (docs/sync.md).
         create_recommended_indexes(url)
         conn.execute("VACUUM ANALYZE")
     say(f"  built in {time.monotonic() - started:.0f} s")

@@ -14,7 +14,7 @@ It prints the server process's CPU time per message for:
 - ``aio``: gRPC's asyncio server, one task per stream.
 
 The question it answers: does another serving model make a message cheap
-enough for 1,000 watchers to cost GetStats much less? (See the README.)
+enough for 1,000 watchers to cost GetStats much less? (See bench/README.md.)
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The `proca-stats` command: serve, get, increment, db init, dump (SPEC §6).
+"""The `proca-stats` command: serve, get, increment, db init, dump (README, "Configuration").
 
 Flags win over environment variables. A mistake a person can make ends with one
 line on stderr and exit status 1 (2 for a malformed command line), never a traceback.

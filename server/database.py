@@ -97,7 +97,7 @@ def init_schema(url: str) -> None:
         conn.execute(SCHEMA_SQL.encode())
 
 
-# Indexes that make incremental refreshes cost what changed (README, "Recommended indexes").
+# Indexes that make incremental refreshes cost what changed (docs/sync.md, "Recommended indexes").
 # Proca's own schema does not have them; they are created only when asked
 # (`proca-stats db init --recommended-indexes`).
 RECOMMENDED_INDEXES = (

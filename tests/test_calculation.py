@@ -1,4 +1,4 @@
-"""The full calculation (SPEC §2), one rule per test, on rows checked by hand."""
+"""The full calculation (docs/figures.md), one rule per test, on rows checked by hand."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Random and malformed requests thrown at a live server, each answer checked against a model.
 
-The model knows only the contract: SPEC §5's rules, the token rule, the caps
+The model knows only the contract: the proto's rules, the token rule, the caps
 (Limits) and protobuf's wire format. For every call it says which status the
 server must answer and what every campaign's figures must be afterwards;
 both are compared exactly, after every call. Calls go to every method of
@@ -127,13 +127,13 @@ def decoded(method: str, body: bytes) -> Message | None:
 
 
 def fits(text: str, shortest: int, longest: int) -> bool:
-    """SPEC §5's length rule, in characters. NUL is refused too: PostgreSQL text cannot
+    """The proto's length rule, in characters. NUL is refused too: PostgreSQL text cannot
     hold it, so such a key could never come back from the database."""
     return shortest <= len(text) <= longest and "\x00" not in text
 
 
 def breaks_a_rule(request: Message) -> bool:
-    """Whether a request breaks a rule of SPEC §5 or of the proto's comments."""
+    """Whether a request breaks a rule of the proto's comments."""
     match request:
         case stats_pb2.IncrementRequest():
             return (
@@ -194,7 +194,7 @@ class Model:
         return Code.OK
 
     def count(self, request: stats_pb2.IncrementRequest) -> Code:
-        """SPEC §3, at most once per action id, refused whole past a cap."""
+        """docs/figures.md's Increment, at most once per action id, refused whole past a cap."""
         has_id = request.HasField("action_id")
         if has_id and request.action_id in self.counted_ids:
             return Code.OK  # a retry: answered, not counted again
@@ -289,7 +289,7 @@ def fuzzed(
         campaign = db.campaign(org)
         page = db.page(campaign, org, extra_supporters=5)
         db.person(campaign, page, f"{name}-person".encode(), area="DE")
-        # SPEC §2: one supporter plus the page's 5 extra, in the total and for the org.
+        # docs/figures.md: one supporter plus the page's 5 extra, in the total and for the org.
         campaigns[campaign] = CampaignCounters(6, {"signature": 1}, {"DE": 1}, {org: 6})
     tokens = tmp_path / "tokens"
     tokens.write_text(TOKEN + "\n")

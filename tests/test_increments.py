@@ -1,4 +1,4 @@
-"""Increments with an action id (part of SPEC §3): counted once, never lost at a swap.
+"""Increments with an action id (docs/sync.md): counted once, never lost at a swap.
 
 The races are real: a calculation on the test's database is held up by a lock
 another transaction keeps on ``actions``, Increments arrive while it waits, and

@@ -33,7 +33,7 @@ ORGS = 3
 PAGES = [(0, 0, 0), (0, 1, 5), (1, 1, 0), (1, None, 2), (2, 2, -1)]
 CAMPAIGN_STATUSES = [0, 0, 1]  # two live campaigns, one closed
 
-# Proca 3.4's queries for the same figures (SPEC §2), as the reference.
+# Proca 3.4's queries for the same figures (docs/figures.md), as the reference.
 PROCA_ORGS = """
     SELECT campaign_id, org_id, count(*) FROM (
         SELECT DISTINCT ON (a.campaign_id, s.fingerprint) a.campaign_id, p.org_id

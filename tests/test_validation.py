@@ -1,4 +1,4 @@
-"""Bad input (SPEC §5): INVALID_ARGUMENT naming the field, and the counters unchanged."""
+"""Bad input (the proto's rules): INVALID_ARGUMENT naming the field, and the counters unchanged."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Requests checked against the rules of the contract (SPEC §5) before they touch the store.
+"""Requests checked against the contract's rules (the proto's comments) before they touch the store.
 
 Each function turns a request into the plain value the store needs, or raises
 ValidationError naming the field, so a bad request can never change a counter.

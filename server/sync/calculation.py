@@ -1,4 +1,4 @@
-"""The full calculation of SPEC §2: every campaign's figures from Proca's tables.
+"""The full calculation of docs/figures.md: every campaign's figures from Proca's tables.
 
 PostgreSQL does all the counting; Python only receives rows already grouped by
 campaign and key, so a calculation holds the GIL for a short time however many
@@ -10,13 +10,13 @@ whole actions⋈supporters join twice (``DISTINCT ON (campaign_id, fingerprint)`
 once for orgs and once more for areas). Here one sort serves both rules:
 
 - the first row of each (campaign, fingerprint) in (inserted_at, id) order is
-  the supporter's first action: it gives the org (SPEC §2.2);
+  the supporter's first action: it gives the org (docs/figures.md);
 - the same row gives the area when its supporter has one. When it has none,
   ``count(s.area)`` over the same window (computed on the already sorted rows,
   no second sort) says whether any of the fingerprint's pairs has an area: if
   none does, the supporter has no area; if one does (a fingerprint whose
   supporter records differ in area — rare), the area of its first pair with an
-  area is looked up for just those fingerprints (SPEC §2.3).
+  area is looked up for just those fingerprints (docs/figures.md).
 
 The sort runs in memory (``work_mem``), in parallel workers, and without JIT
 compilation, set for this transaction only (``SET LOCAL``).
@@ -48,7 +48,7 @@ SETTINGS = (
     "SET LOCAL parallel_leader_participation = off",
 )
 
-# Pairs (action, supporter) that make deduplicated supporters (SPEC §2.1).
+# Pairs (action, supporter) that make deduplicated supporters (docs/figures.md).
 # `a.testing` deliberately plays no part here.
 COUNTED = """s.processing_status = 3
       AND a.processing_status IN (3, 4)
@@ -112,7 +112,7 @@ KEY_FIRSTS = f"""
     FROM ({firsts(KEYED_PAIRS)}) first_pairs
 """
 
-# The area of each chosen key's first pair whose supporter has an area (SPEC §2.3).
+# The area of each chosen key's first pair whose supporter has an area (docs/figures.md).
 FIRST_AREAS = f"""
     SELECT DISTINCT ON (a.campaign_id, s.fingerprint) a.campaign_id, s.fingerprint, s.area
     {KEYED_PAIRS}

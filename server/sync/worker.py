@@ -1,4 +1,4 @@
-"""The background recalculation (SPEC §4): it only produces snapshots and hands them over.
+"""The background recalculation (docs/sync.md): it only produces snapshots and hands them over.
 
 One thread runs every calculation, so two never run at once (the `query_runs`
 flag of Proca's module). Which calculation runs — full or incremental — is the
