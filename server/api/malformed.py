@@ -5,7 +5,7 @@ traceback at ERROR, as if the server were broken; bad bytes are the caller's
 mistake. A deserializer cannot choose the status, so a tolerant one hands the
 behaviour a MalformedRequest instead and the behaviour ends the RPC.
 StatsService is registered with tolerant parsers and validates
-MalformedRequests with its other rules (service.py); ``MalformedRequests``
+MalformedRequests with its other rules (grpc_service.py); ``MalformedRequests``
 gives every other registered service (health, reflection) the same answer.
 """
 
