@@ -35,8 +35,11 @@ from proca_stats.server.metrics import FanoutMetrics
 from proca_stats.server.settings import DEFAULT_FANOUT_CHANNEL
 from proca_stats.server.state.counters import CampaignCounters, Increment, incremented
 from proca_stats.server.sync.calculation import calculate
-from tests.conftest import fanout_serving, figures, sample, wait_for
-from tests.proca_data import ProcaData
+from tests.support.figures import figures
+from tests.support.metrics import sample
+from tests.support.proca_data import ProcaData
+from tests.support.servers import fanout_serving
+from tests.support.waiting import wait_for
 
 Serve = Callable[..., tuple[subprocess.Popen[str], int]]
 REPLICA = ("--fanout", "--sync-interval", "0")

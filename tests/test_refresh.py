@@ -18,7 +18,7 @@ from proca_stats.server.sync.refresh import (
     MANY_CHANGES,
     Refresher,
 )
-from tests.proca_data import BASE_TIME, ProcaData
+from tests.support.proca_data import BASE_TIME, ProcaData
 
 
 @pytest.fixture

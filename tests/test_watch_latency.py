@@ -19,8 +19,8 @@ import time
 from collections.abc import Callable
 
 from proca_stats.client import StatsClient
-from tests.conftest import clean_env
-from tests.watching import Recorder
+from tests.support.servers import clean_env
+from tests.support.watching import Recorder
 
 INTERVAL_MS = 200
 SLACK = 0.100
