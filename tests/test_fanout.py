@@ -13,6 +13,7 @@ import json
 import random
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 
@@ -210,6 +211,11 @@ def replicas(serve: Serve, database_url: str) -> Iterator[Replicas]:
 def test_three_replicas_answer_what_one_server_would_within_a_second(
     replicas: Replicas, db: ProcaData, database_url: str
 ) -> None:
+    """No calculation runs after the start (--sync-interval 0): only fan-out can make the
+    replicas agree. Timed from the return of the last Increment. The second is a margin,
+    not a figure of the contract, which says "within milliseconds" and leaves the tail to
+    how busy the machine is: it is several times the worst delay bench/fanout.py measures
+    with a replica under full load, and short enough that a slow path in fan-out fails."""
     rng = random.Random(6)
     actions = Actions(db, rng)
     clients = replicas.start(3)
@@ -218,8 +224,9 @@ def test_three_replicas_answer_what_one_server_would_within_a_second(
         inc = actions.next()
         one_server[inc.campaign_id] = incremented(one_server[inc.campaign_id], inc)
         send(clients, inc, rng, with_id=n % 2 == 0)
+    sent = time.monotonic()
+    wait_for(lambda: agree(clients, one_server), 1.0, "the replicas to agree", since=sent)
     assert one_server == truth(database_url)  # the load is what the database holds
-    wait_for(lambda: agree(clients, one_server), timeout=1.0, what="the replicas to agree")
 
 
 class Load:
@@ -266,7 +273,11 @@ def test_killed_listeners_reconnect_under_load_and_converge(
     replicas: Replicas, db: ProcaData, database_url: str
 ) -> None:
     """With --sync-interval 0, only the refresh after reconnecting can bring back what the
-    replicas missed while they were not listening."""
+    replicas missed while they were not listening.
+
+    Timed from the end of the load. The five seconds are a margin, not a figure of the
+    contract: what is checked is that the replicas converge without a sync, and a refresh
+    of this small database plus the last batches' fan-out take milliseconds."""
     actions = Actions(db, random.Random(7))
     clients = replicas.start(3)
     with Load(actions, clients) as load:
@@ -281,14 +292,18 @@ def test_killed_listeners_reconnect_under_load_and_converge(
         replicas.wait_listening()
         recovered = load.sent
         wait_for(lambda: load.sent >= recovered + 50 or load.errors, what="load after the kill")
+    stopped = time.monotonic()  # the load's last Increment has returned
     assert not load.errors
     expected = truth(database_url)
-    wait_for(lambda: agree(clients, expected), timeout=5.0, what="the replicas to converge")
+    wait_for(lambda: agree(clients, expected), 5.0, "the replicas to converge", since=stopped)
 
 
 def test_a_replica_started_late_converges(
     replicas: Replicas, db: ProcaData, database_url: str
 ) -> None:
+    """What it missed, its first calculation counts; what came after, fan-out brings.
+    Timed from the return of the last Increment, with the same margin of a second as
+    three replicas that agree."""
     rng = random.Random(8)
     actions = Actions(db, rng)
     early = replicas.start(2)
@@ -297,8 +312,9 @@ def test_a_replica_started_late_converges(
     clients = early + replicas.start(1)
     for n in range(100):
         send(clients, actions.next(), rng, with_id=n % 3 == 0)
+    sent = time.monotonic()
     expected = truth(database_url)
-    wait_for(lambda: agree(clients, expected), timeout=1.0, what="the late replica to agree")
+    wait_for(lambda: agree(clients, expected), 1.0, "the late replica to agree", since=sent)
 
 
 # --- one process, two replicas: what the metrics and health say ---------------------------------
