@@ -337,6 +337,19 @@ def test_a_replica_applies_the_others_increments_and_never_its_own_twice(
         wait_for(lambda: "share" in a.store.get(1)[0].actions_by_type, what="a to hear b")
     expected = CampaignCounters(1, {"signature": 1, "share": 1}, {"DE": 1}, {2: 1, 3: 0})
     assert a.store.get(1)[0] == b.store.get(1)[0] == expected
+    # A sender counts a batch as published after its NOTIFY has committed, a listener a
+    # delivery after applying the batch: both may trail what the other's store shows. A
+    # listener counts what it received before applying it, so once each store shows the
+    # other's Increments, the sender's count must come up to it (a published retry too).
+    wait_for(
+        lambda: all(
+            sample(sender, "proca_stats_fanout_published_total")
+            == sample(receiver, "proca_stats_fanout_received_total")
+            and sample(receiver, "proca_stats_fanout_delivery_seconds_count") >= 1
+            for sender, receiver in ((a, b), (b, a))
+        ),
+        what="the fan-out metrics to count what the stores show",
+    )
     for server in (a, b):
         assert sample(server, "proca_stats_fanout_published_total") == 1  # the retry was not
         assert sample(server, "proca_stats_fanout_received_total") == 1
