@@ -2,88 +2,34 @@
 (in-process, or `proca-stats serve` processes).
 
 The PostgreSQL is the one at TEST_DATABASE_URL (or DATABASE_URL) when set,
-else an embedded one started for the test session.
+else an embedded one started for the test session. Only fixtures live here;
+what tests call themselves is in tests/support.
 """
 
 from __future__ import annotations
 
+import functools
 import os
-import socket
 import subprocess
-import sys
-import tempfile
-import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import TypeVar
 
 import grpc
 import psycopg
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
-from psycopg_pool import ConnectionPool
 
 from proca_stats.client import StatsClient
 from proca_stats.contract.v1 import stats_pb2_grpc
-from proca_stats.contract.v1.stats_pb2 import CampaignStats
-from proca_stats.server.api.health import FANOUT_SERVICE
 from proca_stats.server.app import StatsServer
 from proca_stats.server.database import embedded_postgres, init_schema
 from proca_stats.server.settings import ServeConfig
-from proca_stats.server.state.counters import CampaignCounters
-from proca_stats.server.sync.changes import UpdatedAt
-from proca_stats.server.sync.refresh import Refresher
-from proca_stats.server.sync.snapshots import CONNECTIONS, Snapshots
-from tests.proca_data import ProcaData
-
-T = TypeVar("T")
-
-
-def wait_for(check: Callable[[], T], timeout: float = 15.0, what: str = "condition") -> T:
-    """Poll ``check`` until it returns something truthy, or fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
-
-
-def sample(server: StatsServer, name: str, **labels: str) -> float:
-    """A metric's value on ``server``. A labelled series appears at its first change and
-    counts 0 until then; an unlabelled one is exported from the start."""
-    value = server.metrics.registry.get_sample_value(name, labels or None)
-    if value is None:
-        assert labels, f"{name} is not exported"
-        return 0.0
-    return value
-
-
-def figures(stats: CampaignStats) -> CampaignCounters:
-    """An answer's counters, comparable with the store's and a calculation's."""
-    return CampaignCounters(
-        stats.supporters,
-        dict(stats.actions_by_type),
-        dict(stats.supporters_by_area),
-        dict(stats.supporters_by_org),
-    )
-
-
-def postgres_folder() -> tempfile.TemporaryDirectory[str]:
-    """A folder for an embedded PostgreSQL's data.
-
-    Not under pytest's tmp_path: run as root, the embedded PostgreSQL runs as another
-    user, and every pytest session that starts on the machine makes the shared
-    pytest-of-<user> folder private again, cutting that user off from the data
-    directories of the sessions already running.
-    """
-    return tempfile.TemporaryDirectory(prefix="proca-stats-test-")
+from tests.support.database import Refreshing, postgres_folder, refresher_on
+from tests.support.proca_data import ProcaData
+from tests.support.servers import PROCA_STATS, clean_env, free_port, is_serving
+from tests.support.waiting import wait_for
 
 
 @pytest.fixture(scope="session")
@@ -158,13 +104,6 @@ def server(start_server: Callable[..., StatsServer], database_url: str) -> Stats
     return running
 
 
-def resync(server: StatsServer) -> None:
-    """Run a calculation now and wait until its result is in the store."""
-    before = server.store.synced_at
-    server.sync.request()
-    wait_for(lambda: server.store.synced_at != before, what="a new calculation")
-
-
 @pytest.fixture
 def channel(server: StatsServer) -> Iterator[grpc.Channel]:
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
@@ -180,51 +119,6 @@ def stub(channel: grpc.Channel) -> stats_pb2_grpc.StatsServiceStub:
 def client(server: StatsServer) -> Iterator[StatsClient]:
     with StatsClient(f"127.0.0.1:{server.port}") as stats:
         yield stats
-
-
-PROCA_STATS = str(Path(sys.executable).with_name("proca-stats"))
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """The environment without any database or server setting of the caller's."""
-    names = (
-        "DATABASE_URL",
-        "TEST_DATABASE_URL",
-        "SYNC_INTERVAL",
-        "PROCA_STATS_LISTEN",
-        "PROCA_STATS_MAX_WATCHERS",
-    )
-    env = {k: v for k, v in os.environ.items() if k not in names}
-    return env | extra
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def is_serving(port: int, root_certificates: bytes | None = None, service: str = "") -> bool:
-    """True once the server on ``port`` answers health checks with SERVING (over TLS when
-    ``root_certificates`` are given; for ``service``, else overall)."""
-    target = f"127.0.0.1:{port}"
-    with (
-        grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates))
-        if root_certificates
-        else grpc.insecure_channel(target)
-    ) as channel:
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=1
-            )
-        except grpc.RpcError:
-            return False
-    return reply.status == health_pb2.HealthCheckResponse.SERVING
-
-
-def fanout_serving(port: int) -> bool:
-    """True while the server on ``port`` listens for the other replicas' Increments."""
-    return is_serving(port, service=FANOUT_SERVICE)
 
 
 @pytest.fixture
@@ -261,57 +155,7 @@ def serve() -> Iterator[Callable[..., tuple[subprocess.Popen[str], int]]]:
         process.communicate()
 
 
-def waiting_for_actions(conn: psycopg.Connection) -> bool:
-    """Whether some session waits for a lock on the actions table."""
-    row = conn.execute(
-        "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'actions'::regclass"
-        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-    ).fetchone()
-    return bool(row and row[0])
-
-
-def lock_actions(database_url: str) -> psycopg.Connection:
-    """A connection whose open transaction holds ``actions`` exclusively: a calculation
-    waits behind it until the transaction ends."""
-    conn = psycopg.connect(database_url)
-    conn.execute("LOCK TABLE actions IN ACCESS EXCLUSIVE MODE")
-    return conn
-
-
-@contextmanager
-def actions_locked(database_url: str) -> Iterator[psycopg.Connection]:
-    """``lock_actions`` for a block; rows inserted on its connection commit at the end."""
-    with lock_actions(database_url) as conn:  # commits and closes on leaving
-        yield conn
-
-
-Refreshing = Callable[..., AbstractContextManager[Refresher]]
-
-
 @pytest.fixture
 def refreshing(database_url: str) -> Refreshing:
-    """Opens refreshers over the test's database, as the server builds them (updated_at
-    changes), each closed at the end of its ``with`` block. Times in seconds; by default
-    every change is refreshed at once (no slow refresh, no safety net, no overlap)."""
-
-    @contextmanager
-    def refresher(
-        *,
-        full_interval: float = 0,
-        slow_interval: float = 0,
-        overlap: float = 0,
-        connections: int = CONNECTIONS,
-    ) -> Iterator[Refresher]:
-        with ConnectionPool(database_url, min_size=1, max_size=connections) as pool:
-            opened = Refresher(
-                Snapshots(pool, connect_timeout=5),
-                UpdatedAt(overlap),
-                full_interval=full_interval,
-                slow_interval=slow_interval,
-            )
-            try:
-                yield opened
-            finally:
-                opened.close()
-
-    return refresher
+    """Opens refreshers over the test's database (see ``refresher_on``)."""
+    return functools.partial(refresher_on, database_url)

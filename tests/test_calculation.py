@@ -7,7 +7,7 @@ import pytest
 
 from proca_stats.server.state.counters import CampaignCounters
 from proca_stats.server.sync.calculation import calculate
-from tests.proca_data import BASE_TIME, ProcaData
+from tests.support.proca_data import BASE_TIME, ProcaData
 
 
 def figures(db: ProcaData) -> dict[int, CampaignCounters]:

@@ -24,17 +24,11 @@ from proca_stats.contract.v1.stats_pb2 import CampaignStats
 from proca_stats.server.app import StatsServer
 from proca_stats.server.fanout.payload import encode
 from proca_stats.server.state.counters import Increment
-from tests.certificates import Authority
-from tests.conftest import (
-    PROCA_STATS,
-    clean_env,
-    fanout_serving,
-    free_port,
-    is_serving,
-    postgres_folder,
-    wait_for,
-)
-from tests.proca_data import ProcaData
+from tests.support.certificates import Authority
+from tests.support.database import postgres_folder
+from tests.support.proca_data import ProcaData
+from tests.support.servers import PROCA_STATS, clean_env, fanout_serving, free_port, is_serving
+from tests.support.waiting import wait_for
 
 Serving = health_pb2.HealthCheckResponse
 

@@ -29,8 +29,9 @@ from proca_stats.server.api.auth import load_tokens
 from proca_stats.server.app import StatsServer
 from proca_stats.server.settings import Limits
 from proca_stats.server.state.counters import CampaignCounters, Increment, incremented
-from tests.conftest import figures, wait_for
-from tests.proca_data import ProcaData
+from tests.support.figures import figures
+from tests.support.proca_data import ProcaData
+from tests.support.waiting import wait_for
 
 TOKEN = "fuzz-token"
 LIMITS = Limits(max_campaigns=8, max_keys_per_map=3, max_request_bytes=512)

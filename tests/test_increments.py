@@ -18,8 +18,10 @@ from proca_stats.server.settings import Limits
 from proca_stats.server.state.counters import CampaignCounters, Increment
 from proca_stats.server.state.handover import swap_in
 from proca_stats.server.state.store import StatsStore
-from tests.conftest import Refreshing, actions_locked, resync, wait_for, waiting_for_actions
-from tests.proca_data import ProcaData
+from tests.support.database import Refreshing, actions_locked, waiting_for_actions
+from tests.support.proca_data import ProcaData
+from tests.support.servers import resync
+from tests.support.waiting import wait_for
 
 
 def figures(client: StatsClient, campaign_id: int) -> tuple[int, dict[str, int], dict[int, int]]:

@@ -15,8 +15,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from proca_stats.client import InvalidArgument, StatsClient
 from proca_stats.server.app import StatsServer
 from proca_stats.server.settings import Limits
-from tests.conftest import resync, wait_for
-from tests.proca_data import ProcaData
+from tests.support.proca_data import ProcaData
+from tests.support.servers import resync
+from tests.support.waiting import wait_for
 
 GET_STATS = "proca.stats.v1.StatsService/GetStats"
 INCREMENT = "proca.stats.v1.StatsService/Increment"

@@ -11,8 +11,8 @@ from proca_stats.server.state.counters import CampaignCounters
 from proca_stats.server.sync.calculation import calculate
 from proca_stats.server.sync.refresh import MANY_CHANGES, Refresher
 from proca_stats.server.sync.snapshots import CONNECTIONS, LOOKUP_CONNECTIONS, LOOKUP_PART
-from tests.conftest import Refreshing
-from tests.proca_data import BASE_TIME, ProcaData
+from tests.support.database import Refreshing
+from tests.support.proca_data import BASE_TIME, ProcaData
 
 
 def full(database_url: str) -> dict[int, CampaignCounters]:

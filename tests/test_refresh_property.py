@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from proca_stats.server.state.counters import CampaignCounters
 from proca_stats.server.sync.calculation import calculate
-from tests.conftest import Refreshing
+from tests.support.database import Refreshing
 
 BASE = datetime(2026, 3, 1, 9, 0, 0)
 FINGERPRINTS = [b"ann", b"ben", b"cat", b"dan"]

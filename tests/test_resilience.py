@@ -13,9 +13,12 @@ import pytest
 from proca_stats.client import StatsClient, StatsError, Unavailable
 from proca_stats.server.app import StatsServer
 from proca_stats.server.database import init_schema
-from tests.conftest import is_serving, lock_actions, postgres_folder, sample, wait_for
-from tests.controlled_postgres import ControlledPostgres
-from tests.proca_data import ProcaData
+from tests.support.controlled_postgres import ControlledPostgres
+from tests.support.database import lock_actions, postgres_folder
+from tests.support.metrics import sample
+from tests.support.proca_data import ProcaData
+from tests.support.servers import is_serving
+from tests.support.waiting import wait_for
 
 
 @pytest.fixture

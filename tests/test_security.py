@@ -26,9 +26,10 @@ from proca_stats.server.api.health import HealthServicer
 from proca_stats.server.api.tls import read_tls
 from proca_stats.server.app import StatsServer
 from proca_stats.server.settings import ConfigError, Limits, TlsKeys, check_exposure, is_loopback
-from tests.certificates import Authority
-from tests.conftest import sample, wait_for
-from tests.watching import Recorder
+from tests.support.certificates import Authority
+from tests.support.metrics import sample
+from tests.support.waiting import wait_for
+from tests.support.watching import Recorder
 
 TOKENS = "# deploy tokens\nalpha-token\n\n  beta-token  \n"
 

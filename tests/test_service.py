@@ -16,8 +16,9 @@ from proca_stats.contract.v1 import stats_pb2, stats_pb2_grpc
 from proca_stats.server.api.grpc_service import SERVICE
 from proca_stats.server.app import StatsServer
 from proca_stats.server.database import init_schema
-from tests.conftest import resync, wait_for
-from tests.proca_data import ProcaData
+from tests.support.proca_data import ProcaData
+from tests.support.servers import resync
+from tests.support.waiting import wait_for
 
 Serving = health_pb2.HealthCheckResponse
 

@@ -10,7 +10,10 @@ from collections.abc import Callable
 import psycopg
 
 from proca_stats.server.app import StatsServer
-from tests.conftest import actions_locked, clean_env, sample, wait_for, waiting_for_actions
+from tests.support.database import actions_locked, waiting_for_actions
+from tests.support.metrics import sample
+from tests.support.servers import clean_env
+from tests.support.waiting import wait_for
 
 
 def blocked(database_url: str) -> None:

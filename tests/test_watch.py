@@ -14,9 +14,10 @@ import pytest
 from proca_stats.client import InvalidArgument, ResourceExhausted, StatsClient, Unavailable
 from proca_stats.contract.v1 import stats_pb2, stats_pb2_grpc
 from proca_stats.server.app import StatsServer
-from tests.conftest import resync, wait_for
-from tests.proca_data import ProcaData
-from tests.watching import Recorder
+from tests.support.proca_data import ProcaData
+from tests.support.servers import resync
+from tests.support.waiting import wait_for
+from tests.support.watching import Recorder
 
 Watching = Callable[..., Recorder]
 

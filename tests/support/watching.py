@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 
 from proca_stats.client import CampaignStats, StatsError, StatsWatch
-from tests.conftest import wait_for
+from tests.support.waiting import wait_for
 
 
 class Recorder:

@@ -1,0 +1,2 @@
+"""What the tests share besides fixtures: waiting with a deadline, servers and their processes,
+the database, a server's figures and metrics, Proca's rows, certificates and recorded streams."""

@@ -1,0 +1,67 @@
+"""Servers on real ports: the `proca-stats` command and its environment, free ports, health,
+and a calculation on demand."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from proca_stats.server.api.health import FANOUT_SERVICE
+from proca_stats.server.app import StatsServer
+from tests.support.waiting import wait_for
+
+PROCA_STATS = str(Path(sys.executable).with_name("proca-stats"))
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment without any database or server setting of the caller's."""
+    names = (
+        "DATABASE_URL",
+        "TEST_DATABASE_URL",
+        "SYNC_INTERVAL",
+        "PROCA_STATS_LISTEN",
+        "PROCA_STATS_MAX_WATCHERS",
+    )
+    env = {k: v for k, v in os.environ.items() if k not in names}
+    return env | extra
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def is_serving(port: int, root_certificates: bytes | None = None, service: str = "") -> bool:
+    """True once the server on ``port`` answers health checks with SERVING (over TLS when
+    ``root_certificates`` are given; for ``service``, else overall)."""
+    target = f"127.0.0.1:{port}"
+    with (
+        grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates))
+        if root_certificates
+        else grpc.insecure_channel(target)
+    ) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=1
+            )
+        except grpc.RpcError:
+            return False
+    return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def fanout_serving(port: int) -> bool:
+    """True while the server on ``port`` listens for the other replicas' Increments."""
+    return is_serving(port, service=FANOUT_SERVICE)
+
+
+def resync(server: StatsServer) -> None:
+    """Run a calculation now and wait until its result is in the store."""
+    before = server.store.synced_at
+    server.sync.request()
+    wait_for(lambda: server.store.synced_at != before, what="a new calculation")
