@@ -49,7 +49,6 @@ from proca_stats.server.settings import (
     DEFAULT_SYNC_TIMEOUT_MS,
     INT32_MAX,
     ConfigError,
-    Limits,
     ServeConfig,
     TlsKeys,
     check_can_listen,
@@ -63,6 +62,7 @@ from proca_stats.server.settings import (
     parse_seconds,
     parse_switch,
 )
+from proca_stats.server.state.limits import Limits
 from proca_stats.server.sync.calculation import calculate
 
 log = logging.getLogger("proca_stats")

@@ -6,12 +6,14 @@ import ipaddress
 import re
 import socket
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import platformdirs
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
+
+from proca_stats.server.state.limits import Limits
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_SYNC_INTERVAL_MS = 60_000  # Proca's SYNC_INTERVAL
@@ -26,20 +28,6 @@ DEFAULT_DATA_DIR = platformdirs.user_data_path("proca-stats")
 
 class ConfigError(ValueError):
     """A setting a person gave is wrong; the message says which and why."""
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Caps that keep a flood of Increments with fresh ids or strings from exhausting memory.
-
-    Figures loaded from the database are never capped: the database is trusted.
-    """
-
-    max_campaigns: int = 100_000
-    max_keys_per_map: int = 10_000
-    max_request_bytes: int = 64 * 1024
-    # Action ids remembered between two syncs (retries count once; see StatsStore).
-    max_action_ids: int = 100_000
 
 
 @dataclass(frozen=True)
@@ -65,7 +53,7 @@ class ServeConfig:
     tls: TlsKeys | None = None
     tokens: tuple[bytes, ...] = ()  # bearer tokens; none: no RPC needs one
     protect_reads: bool = False
-    limits: Limits = Limits()
+    limits: Limits = field(default_factory=Limits)
     metrics_listen: str | None = None
     workers: int = 16  # threads answering unary RPCs
     max_watchers: int = DEFAULT_MAX_WATCHERS  # open WatchStats streams, each holding a thread

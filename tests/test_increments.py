@@ -15,9 +15,9 @@ from psycopg_pool import ConnectionPool
 
 from proca_stats.client import StatsClient
 from proca_stats.server.app import StatsServer
-from proca_stats.server.settings import Limits
 from proca_stats.server.state.counters import CampaignCounters, Increment
 from proca_stats.server.state.handover import swap_in
+from proca_stats.server.state.limits import Limits
 from proca_stats.server.state.store import StatsStore
 from proca_stats.server.sync.refresh import CONNECTIONS, Refresher
 from tests.conftest import actions_locked, resync, wait_for, waiting_for_actions

@@ -23,7 +23,8 @@ from proca_stats.contract.v1 import stats_pb2, stats_pb2_grpc
 from proca_stats.server.api.auth import load_tokens
 from proca_stats.server.api.tls import read_tls
 from proca_stats.server.app import StatsServer
-from proca_stats.server.settings import ConfigError, Limits, TlsKeys, check_exposure, is_loopback
+from proca_stats.server.settings import ConfigError, TlsKeys, check_exposure, is_loopback
+from proca_stats.server.state.limits import Limits
 from tests.certificates import Authority
 from tests.conftest import sample, wait_for
 from tests.watching import Recorder
