@@ -22,10 +22,11 @@ from proca_stats.server.api.handlers import Interceptor
 from proca_stats.server.api.health import HealthServicer
 from proca_stats.server.api.malformed import MalformedRequests
 from proca_stats.server.api.tls import server_credentials
+from proca_stats.server.checks import parse_listen
 from proca_stats.server.database import connection_options
 from proca_stats.server.fanout.replicas import Fanout
 from proca_stats.server.metrics import Metrics, MetricsInterceptor
-from proca_stats.server.settings import ServeConfig, parse_listen
+from proca_stats.server.settings import ServeConfig
 from proca_stats.server.state.counters import Snapshot
 from proca_stats.server.state.handover import Lookup, swap_in
 from proca_stats.server.state.store import StatsStore
