@@ -46,7 +46,7 @@ from serving import free_port, serve_process
 
 from proca_stats.contract.v1 import stats_pb2
 from proca_stats.server.database import create_recommended_indexes, init_schema
-from proca_stats.server.settings import DEFAULT_CHANGE_OVERLAP_MS, DEFAULT_SLOW_SYNC_INTERVAL_MS
+from proca_stats.server.settings import ServeConfig
 from proca_stats.server.state.counters import CampaignCounters
 from proca_stats.server.sync.calculation import calculate
 from proca_stats.server.sync.changes import UpdatedAt
@@ -233,11 +233,12 @@ def _refreshes(url: str, full_seconds: float, sizes: list[int], rounds: int) -> 
     rng = random.Random(4)
     with ConnectionPool(url, min_size=1, max_size=CONNECTIONS) as pool:
         # The server's defaults: closed and ignored campaigns wait for the slow refresh.
+        defaults = ServeConfig()
         refresher = Refresher(
             Snapshots(pool, connect_timeout=10),
-            UpdatedAt(overlap=DEFAULT_CHANGE_OVERLAP_MS / 1000),
+            UpdatedAt(overlap=defaults.change_overlap_ms / 1000),
             full_interval=0,
-            slow_interval=DEFAULT_SLOW_SYNC_INTERVAL_MS / 1000,
+            slow_interval=defaults.slow_sync_interval_ms / 1000,
         )
         try:
             refresher.run()

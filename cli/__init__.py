@@ -1,2 +1,3 @@
-"""The ``proca-stats`` command: server commands (serve, db, dump) and client commands (get,
-increment) on one command line, every person's mistake ending in one line."""
+"""The ``proca-stats`` command: server commands (serve, db init, dump; serve.py) and client
+commands (get, increment; calls.py) on one command line made from the settings table
+(options.py), every person's mistake ending in one line (commands.py)."""

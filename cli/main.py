@@ -3,8 +3,8 @@
 gRPC core writes its errors to stderr itself (`E0000 ...` lines, `WARNING: All log
 messages before absl::InitializeLog() ...`), and reads GRPC_VERBOSITY only once,
 when grpc is first imported: so it is decided here, before `cli` imports grpc.
-`get` and `increment` report every failure in one line of their own, which
-core's lines would only bury; `serve` keeps them, as an operator's diagnostics.
+The client commands report every failure in one line of their own, which core's
+lines would only bury; `serve` keeps them, as an operator's diagnostics.
 A GRPC_VERBOSITY the caller sets wins.
 """
 
@@ -14,15 +14,18 @@ import os
 import sys
 from collections.abc import Sequence
 
-CLIENT_COMMANDS = frozenset({"get", "increment"})
+from proca_stats.server.settings import ALL, CALLS, SETTINGS  # no grpc in there
+
+# Options taken before the command's name that take a value (--log-level): no command.
+VALUED_BEFORE_COMMAND = frozenset(s.flag for s in SETTINGS if s.commands == ALL and not s.switch)
 
 
 def command_of(argv: Sequence[str]) -> str | None:
-    """The command's name: the first word that is neither an option nor the value of
-    --log-level, the one option that takes a value before the command."""
+    """The command's name: the first word that is neither an option nor the value of one
+    taken before the command."""
     words = iter(argv)
     for word in words:
-        if word == "--log-level":
+        if word in VALUED_BEFORE_COMMAND:
             next(words, None)
         elif not word.startswith("-"):
             return word
@@ -31,7 +34,7 @@ def command_of(argv: Sequence[str]) -> str | None:
 
 def main() -> None:
     argv = sys.argv[1:]
-    if command_of(argv) in CLIENT_COMMANDS:
+    if command_of(argv) in CALLS:
         os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     from proca_stats.cli.commands import (
         main as run,  # only now: grpc must not be imported before this point

@@ -16,10 +16,11 @@ from psycopg_pool import ConnectionPool
 from proca_stats.server.api.answers import Answers
 from proca_stats.server.api.grpc_server import BindError, GrpcServer
 from proca_stats.server.api.health import FANOUT_SERVICE, READY_SERVICES, HealthServicer
+from proca_stats.server.checks import parse_listen
 from proca_stats.server.database import connection_options
 from proca_stats.server.fanout.replicas import Fanout
 from proca_stats.server.metrics import Metrics
-from proca_stats.server.settings import ServeConfig, parse_listen
+from proca_stats.server.settings import ServeConfig
 from proca_stats.server.state.counters import Snapshot
 from proca_stats.server.state.handover import Lookup, swap_in
 from proca_stats.server.state.store import StatsStore

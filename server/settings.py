@@ -1,45 +1,265 @@
-"""Settings of `proca-stats serve`, checked so that a mistake ends in one clear line."""
+"""Every setting of the `proca-stats` command, in one table.
+
+One entry per setting says all there is to say about it once: its flag, its environment
+variable (and the older name still read), its default, the parser that turns text into
+its value, its unit, its help and the commands that take it. Made from the table: the
+command line's options and their --help (cli/options.py), ServeConfig's defaults, and the
+README's Configuration table (``markdown_table``, which a test holds the README to).
+
+A setting's value is the flag's, else the environment's (a ``PROCA_STATS_*`` name before
+its alias), else the default. Settings that the environment can give are checked with
+the rest of the configuration (exit status 1); the others are part of the command line's
+syntax, refused like argparse's own mistakes (exit status 2).
+"""
 
 from __future__ import annotations
 
-import ipaddress
+import os
 import re
-import socket
-import threading
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any, Generic, TypeVar
 
 import platformdirs
-import psycopg
-from psycopg.conninfo import conninfo_to_dict
 
-DEFAULT_LISTEN = "127.0.0.1:50051"
-DEFAULT_SYNC_INTERVAL_MS = 60_000  # Proca's SYNC_INTERVAL
-DEFAULT_SYNC_TIMEOUT_MS = 300_000
-DEFAULT_MAX_WATCHERS = 1000
-DEFAULT_SLOW_SYNC_INTERVAL_MS = 600_000  # closed and ignored campaigns
-DEFAULT_FULL_SYNC_INTERVAL_MS = 3_600_000  # the safety net
-DEFAULT_CHANGE_OVERLAP_MS = 60_000  # how late a change may commit after its updated_at
-DEFAULT_FANOUT_CHANNEL = "proca_stats"
-DEFAULT_DATA_DIR = platformdirs.user_data_path("proca-stats")
+from proca_stats.server.checks import (
+    INT32_MAX,
+    check_database_url,
+    one_of,
+    parse_address,
+    parse_address_or_none,
+    parse_channel,
+    parse_count,
+    parse_int64,
+    parse_milliseconds,
+    parse_path,
+    parse_seconds,
+    parse_switch,
+    parse_target,
+    parse_text,
+    parse_wait,
+)
+from proca_stats.server.state.limits import Limits
 
+T = TypeVar("T")
 
-class ConfigError(ValueError):
-    """A setting a person gave is wrong; the message says which and why."""
+# Which commands take a setting.
+ALL = ("all",)  # given before the command's name, or after it on any command
+SERVE = ("serve",)
+DATABASE = ("serve", "db init", "dump")  # the commands that read Proca's database
+CALLS = ("get", "increment")  # the client commands: they call a running server
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LIMITS = Limits()
 
 
 @dataclass(frozen=True)
-class Limits:
-    """Caps that keep a flood of Increments with fresh ids or strings from exhausting memory.
+class Setting(Generic[T]):
+    """One flag (or a positional argument, named in capitals) and all that is known of it.
 
-    Figures loaded from the database are never capped: the database is trusted.
+    ``help`` is Markdown (`code`, [links](#anchor)), shown plain by --help. A setting whose
+    default is a bool is a switch: on when its flag is given, or its variable is 1.
     """
 
-    max_campaigns: int = 100_000
-    max_keys_per_map: int = 10_000
-    max_request_bytes: int = 64 * 1024
-    # Action ids remembered between two syncs (retries count once; see StatsStore).
-    max_action_ids: int = 100_000
+    flag: str
+    commands: tuple[str, ...]
+    _: KW_ONLY
+    help: str
+    default: T
+    parse: Callable[[str, str], T]  # (flag, text) -> value, or ConfigError naming the flag
+    metavar: str | None = None  # what the value is called in --help and the README
+    env: str | None = None
+    aliases: tuple[str, ...] = ()  # older names of ``env``, read while it is unset
+    unit: str | None = None  # of the value: shown with the default
+    required: bool = False
+    shown_default: str | None = None  # when the value is the machine's or another flag's
+    field: str | None = None  # the ServeConfig (or Limits) field it fills
+
+    @property
+    def dest(self) -> str:
+        """Its attribute in argparse's namespace."""
+        return self.flag.lstrip("-").replace("-", "_").lower()
+
+    @property
+    def switch(self) -> bool:
+        return isinstance(self.default, bool)
+
+    @property
+    def positional(self) -> bool:
+        return not self.flag.startswith("-")
+
+    @property
+    def variables(self) -> tuple[str, ...]:
+        """The environment variables it is read from, the first set one winning."""
+        return (self.env, *self.aliases) if self.env else ()
+
+    def value(self, given: str | None) -> T:
+        """Its value: ``given`` on the command line (a switch's flag gives "1"), else the
+        first of its variables that is set and not empty, else the default.
+
+        A mistake is reported under the flag; a switch's, whose flag holds no text, under
+        the variable.
+        """
+        if given is not None:
+            return self.parse(self.flag, given)
+        for name in self.variables:
+            if text := os.environ.get(name):
+                return self.parse(name if self.switch else self.flag, text)
+        return self.default
+
+
+# The table, in the README's order. A name binds each entry ServeConfig takes a default from.
+# fmt: off
+SETTINGS: tuple[Setting[Any], ...] = (
+    Setting("--log-level", ALL, metavar="LEVEL", default="INFO",
+            parse=one_of(LOG_LEVELS, any_case=True),
+            help=", ".join(f"`{level}`" for level in LOG_LEVELS[:-1])
+            + f" or `{LOG_LEVELS[-1]}`, in any case"),
+    LISTEN := Setting(
+            "--listen", SERVE, metavar="HOST:PORT", env="PROCA_STATS_LISTEN",
+            default="127.0.0.1:50051", parse=parse_address, field="listen",
+            help="address to serve on (`[::1]:PORT` for IPv6, port 0 for any free port); "
+            "a non-loopback address needs TLS or `--insecure`"),
+    DATABASE_URL := Setting(
+            "--database-url", DATABASE, metavar="URL", env="PROCA_STATS_DATABASE_URL",
+            aliases=("DATABASE_URL",), default=None, field="database_url",
+            parse=parse_text,  # checked when the database is opened
+            help="PostgreSQL with Proca's tables; without it the embedded PostgreSQL is used"),
+    DATA_DIR := Setting(
+            "--data-dir", DATABASE, metavar="DIR", env="PROCA_STATS_DATA_DIR",
+            default=platformdirs.user_data_path("proca-stats"), parse=parse_path,
+            shown_default="per-user data dir (`~/.local/share/proca-stats`)", field="data_dir",
+            help="where the embedded PostgreSQL keeps its data"),
+    SYNC_INTERVAL := Setting(
+            "--sync-interval", SERVE, metavar="MS", env="PROCA_STATS_SYNC_INTERVAL",
+            aliases=("SYNC_INTERVAL",),  # Proca's own name for it
+            default=60_000, unit="ms", parse=parse_milliseconds, field="sync_interval_ms",
+            help="time between syncs of live campaigns (incremental after the first full "
+            "calculation); `0` = only at start"),
+    SLOW_SYNC_INTERVAL := Setting(
+            "--slow-sync-interval", SERVE, metavar="MS", env="PROCA_STATS_SLOW_SYNC_INTERVAL",
+            aliases=("SLOW_SYNC_INTERVAL",),
+            default=600_000, unit="ms", parse=parse_milliseconds, field="slow_sync_interval_ms",
+            help="time between refreshes of closed and ignored campaigns that changed (at the "
+            "next sync after it elapsed); `0` = at every sync"),
+    FULL_SYNC_INTERVAL := Setting(
+            "--full-sync-interval", SERVE, metavar="MS", env="PROCA_STATS_FULL_SYNC_INTERVAL",
+            aliases=("FULL_SYNC_INTERVAL",),
+            default=3_600_000, unit="ms", parse=parse_milliseconds, field="full_sync_interval_ms",
+            help="time between full calculations, the safety net for deletes and changes that "
+            "do not set `updated_at`; `0` = only at start"),
+    CHANGE_OVERLAP := Setting(
+            "--change-overlap", SERVE, metavar="MS", env="PROCA_STATS_CHANGE_OVERLAP",
+            aliases=("CHANGE_OVERLAP",),
+            default=60_000, unit="ms", parse=parse_milliseconds, field="change_overlap_ms",
+            help="how far behind the newest `updated_at` already counted a sync looks again, "
+            "for rows committed late"),
+    SYNC_TIMEOUT := Setting(
+            "--sync-timeout", SERVE, metavar="MS", env="PROCA_STATS_SYNC_TIMEOUT",
+            default=300_000, unit="ms", parse=parse_milliseconds, field="sync_timeout_ms",
+            help="a sync query running longer is cancelled (`statement_timeout`); the sync "
+            "counts as failed and is retried; `0` = never"),
+    SYNC_DATABASE_URL := Setting(
+            "--sync-database-url", SERVE, metavar="URL", env="PROCA_STATS_SYNC_DATABASE_URL",
+            default=None, shown_default="`--database-url`", parse=check_database_url,
+            field="sync_database_url",
+            help="PostgreSQL the calculations read, such as a read replica "
+            "(see [Running several replicas](#running-several-replicas))"),
+    FANOUT := Setting(
+            "--fanout", SERVE, env="PROCA_STATS_FANOUT", default=False, parse=parse_switch,
+            field="fanout",
+            help="share Increments with the other replicas on the same `--database-url` "
+            "through LISTEN/NOTIFY"),
+    FANOUT_CHANNEL := Setting(
+            "--fanout-channel", SERVE, metavar="NAME", env="PROCA_STATS_FANOUT_CHANNEL",
+            default="proca_stats", parse=parse_channel, field="fanout_channel",
+            help="the LISTEN/NOTIFY channel: lower-case letters, digits and `_`, "
+            "at most 63 characters"),
+    Setting("--tls-cert", SERVE, metavar="FILE", env="PROCA_STATS_TLS_CERT", default=None,
+            parse=parse_text,
+            help="PEM certificate (chain) of the server; turns TLS on, with `--tls-key`"),
+    Setting("--tls-key", SERVE, metavar="FILE", env="PROCA_STATS_TLS_KEY", default=None,
+            parse=parse_text, help="PEM private key of `--tls-cert`"),
+    Setting("--tls-client-ca", SERVE, metavar="FILE", env="PROCA_STATS_TLS_CLIENT_CA",
+            default=None, parse=parse_text,
+            help="mutual TLS: clients must present a certificate signed by this CA"),
+    Setting("--insecure", SERVE, default=False, parse=parse_switch,
+            help="allow plaintext on a non-loopback `--listen` (behind a trusted "
+            "TLS-terminating proxy only)"),
+    Setting("--token-file", SERVE, metavar="FILE", env="PROCA_STATS_TOKEN_FILE", default=None,
+            parse=parse_text,
+            help="bearer tokens, one per line (`#` comments and blank lines skipped); "
+            "`Increment` then needs `authorization: Bearer <token>`"),
+    PROTECT_READS := Setting(
+            "--protect-reads", SERVE, default=False, parse=parse_switch, field="protect_reads",
+            help="with `--token-file`: `GetStats` and reflection need a token too "
+            "(health stays open)"),
+    Setting("--max-campaigns", SERVE, metavar="N", env="PROCA_STATS_MAX_CAMPAIGNS",
+            default=LIMITS.max_campaigns, parse=parse_count, field="max_campaigns",
+            help="campaigns that Increments may create in all; past it `RESOURCE_EXHAUSTED`"),
+    Setting("--max-keys-per-map", SERVE, metavar="N", env="PROCA_STATS_MAX_KEYS_PER_MAP",
+            default=LIMITS.max_keys_per_map, parse=parse_count, field="max_keys_per_map",
+            help="distinct action types, areas or orgs that Increments may create per campaign"),
+    Setting("--max-action-ids", SERVE, metavar="N", env="PROCA_STATS_MAX_ACTION_IDS",
+            default=LIMITS.max_action_ids, parse=parse_count, field="max_action_ids",
+            help="action ids remembered while no sync comes, so that a retried Increment "
+            "counts once; past it the oldest are forgotten "
+            "(see [No lost and no doubled increments](#no-lost-and-no-doubled-increments))"),
+    Setting("--max-request-bytes", SERVE, metavar="N", env="PROCA_STATS_MAX_REQUEST_BYTES",
+            default=LIMITS.max_request_bytes, unit="bytes", field="max_request_bytes",
+            parse=partial(parse_count, maximum=INT32_MAX),
+            help="largest request accepted (`RESOURCE_EXHAUSTED` past it)"),
+    METRICS_LISTEN := Setting(
+            "--metrics-listen", SERVE, metavar="HOST:PORT", env="PROCA_STATS_METRICS_LISTEN",
+            default=None, parse=parse_address_or_none, field="metrics_listen",
+            help="serve Prometheus metrics at `http://HOST:PORT/metrics`"),
+    Setting("--log-format", SERVE, metavar="FORMAT", default="text",
+            parse=one_of(("text", "json")),
+            help="`text`, or `json` for one JSON object per line"),
+    MAX_WATCHERS := Setting(
+            "--max-watchers", SERVE, metavar="N", env="PROCA_STATS_MAX_WATCHERS",
+            default=1000, parse=partial(parse_count, minimum=0), field="max_watchers",
+            help="how many `WatchStats` streams may be open at once (each holds a thread); "
+            "`0` refuses them all"),
+    Setting("--grace", SERVE, metavar="SECONDS", default=10.0, unit="s", parse=parse_wait,
+            help="how long in-flight RPCs may finish after SIGTERM/SIGINT "
+            "(a second signal exits at once)"),
+    Setting("--target", CALLS, metavar="HOST:PORT", env="PROCA_STATS_TARGET",
+            default=LISTEN.default,  # where `serve` listens unless told otherwise
+            parse=parse_target, help="server to call"),
+    Setting("--timeout", CALLS, metavar="SECONDS", default=5.0, unit="s", parse=parse_seconds,
+            help="deadline of the call"),
+    Setting("--tls", CALLS, default=False, parse=parse_switch,
+            help="call over TLS, trusting the system's CAs"),
+    Setting("--tls-ca", CALLS, metavar="FILE", default=None, parse=parse_text,
+            help="call over TLS, trusting this PEM CA"),
+    Setting("--tls-cert", CALLS, metavar="FILE", default=None, parse=parse_text,
+            help="client certificate for mutual TLS, with `--tls-key`"),
+    Setting("--tls-key", CALLS, metavar="FILE", default=None, parse=parse_text,
+            help="PEM private key of `--tls-cert`"),
+    Setting("--token-file", CALLS, metavar="FILE", env="PROCA_STATS_TOKEN_FILE", default=None,
+            parse=parse_text, help="send the file's first token as bearer token"),
+    Setting("CAMPAIGN_ID", ("get",), default=None, parse=parse_int64,
+            help="the campaign whose stats to print"),
+    Setting("--campaign", ("increment",), metavar="ID", required=True, default=None,
+            parse=parse_int64, help="the action's campaign"),
+    Setting("--org", ("increment",), metavar="ID", required=True, default=None,
+            parse=parse_int64, help="the org of the action's page"),
+    Setting("--type", ("increment",), metavar="TYPE", required=True, default=None,
+            parse=parse_text, help="the action type (`signature`, `share`, …)"),
+    Setting("--area", ("increment",), metavar="AREA", default=None, parse=parse_text,
+            help="the supporter's area (counted with `--new-supporter`)"),
+    Setting("--new-supporter", ("increment",), default=False, parse=parse_switch,
+            help="the action created a new supporter: count them"),
+    Setting("--action-id", ("increment",), metavar="ID", default=None, parse=parse_int64,
+            help="the stored action's id: a retried call counts once"),
+    Setting("--recommended-indexes", ("db init",), default=False, parse=parse_switch,
+            help="also create the indexes incremental syncs use "
+            "(see [Recommended indexes](#recommended-indexes))"),
+)
+# fmt: on
 
 
 @dataclass(frozen=True)
@@ -54,175 +274,80 @@ class TlsKeys:
 
 @dataclass(frozen=True)
 class ServeConfig:
-    listen: str = DEFAULT_LISTEN
-    database_url: str | None = None  # None: run on the embedded PostgreSQL
-    sync_interval_ms: int = DEFAULT_SYNC_INTERVAL_MS  # between refreshes of live campaigns
-    sync_timeout_ms: int = DEFAULT_SYNC_TIMEOUT_MS
-    slow_sync_interval_ms: int = DEFAULT_SLOW_SYNC_INTERVAL_MS
-    full_sync_interval_ms: int = DEFAULT_FULL_SYNC_INTERVAL_MS
-    change_overlap_ms: int = DEFAULT_CHANGE_OVERLAP_MS
-    data_dir: Path = DEFAULT_DATA_DIR
+    """What a server runs with. A field one setting fills takes its default from the table;
+    tls and tokens are read from the files settings name; the rest are for embedding and
+    tests."""
+
+    listen: str = LISTEN.default
+    database_url: str | None = DATABASE_URL.default  # None: run on the embedded PostgreSQL
+    sync_interval_ms: int = SYNC_INTERVAL.default  # between refreshes of live campaigns
+    sync_timeout_ms: int = SYNC_TIMEOUT.default
+    slow_sync_interval_ms: int = SLOW_SYNC_INTERVAL.default
+    full_sync_interval_ms: int = FULL_SYNC_INTERVAL.default
+    change_overlap_ms: int = CHANGE_OVERLAP.default
+    data_dir: Path = DATA_DIR.default
     tls: TlsKeys | None = None
     tokens: tuple[bytes, ...] = ()  # bearer tokens; none: no RPC needs one
-    protect_reads: bool = False
-    limits: Limits = Limits()
-    metrics_listen: str | None = None
+    protect_reads: bool = PROTECT_READS.default
+    limits: Limits = LIMITS
+    metrics_listen: str | None = METRICS_LISTEN.default
     workers: int = 16  # threads answering unary RPCs
-    max_watchers: int = DEFAULT_MAX_WATCHERS  # open WatchStats streams, each holding a thread
+    max_watchers: int = MAX_WATCHERS.default  # open WatchStats streams, each holding a thread
     connect_timeout: float = 10.0  # seconds to wait for a database connection
-    fanout: bool = False  # share Increments with other replicas through LISTEN/NOTIFY
-    fanout_channel: str = DEFAULT_FANOUT_CHANNEL
-    sync_database_url: str | None = None  # None: the sync reads the database it listens on
+    fanout: bool = FANOUT.default  # share Increments with other replicas through LISTEN/NOTIFY
+    fanout_channel: str = FANOUT_CHANNEL.default
+    sync_database_url: str | None = SYNC_DATABASE_URL.default  # None: the one it listens on
 
 
-def parse_listen(value: str, flag: str = "--listen") -> tuple[str, int]:
-    """Split HOST:PORT (IPv6 as [::1]:PORT); port 0 asks the system for a free one."""
-    host, sep, port_text = value.rpartition(":")
-    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
-        raise ConfigError(f"{flag}: expected HOST:PORT such as {DEFAULT_LISTEN}, got {value!r}")
-    if host.startswith("[") and host.endswith("]"):
-        try:
-            ipaddress.IPv6Address(host[1:-1])
-        except ValueError:
-            raise ConfigError(f"{flag}: {host} is not an IPv6 address") from None
-    return host, int(port_text)
+def plain(markdown: str) -> str:
+    """Markdown as --help shows it: code without backquotes, a link to a README section as
+    the section's name."""
+    return re.sub(r"\[([^]]+)\]\(#[^)]*\)", r'"\1" in the README', markdown).replace("`", "")
 
 
-def check_can_listen(host: str, port: int) -> None:
-    """Fail early, with the system's reason, when HOST:PORT cannot be bound.
-
-    gRPC would find out too, but only after printing a core log line that
-    points at GRPC_VERBOSITY rather than at the cause.
-    """
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host.strip("[]"), port, type=socket.SOCK_STREAM
-        )[0]
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind(address)
-    except OSError as error:
-        raise ConfigError(f"--listen: cannot listen on {host}:{port}: {error.strerror}") from None
+def _value(setting: Setting[Any], code: str = "") -> str | None:
+    """The default with its unit (the value in ``code`` marks), unless it is None or a
+    switch's off."""
+    value = setting.default
+    if value is None or setting.switch:
+        return None
+    text = code + (f"{value:g}" if isinstance(value, float) else str(value)) + code
+    return f"{text} {setting.unit}" if setting.unit else text
 
 
-def check_database_url(url: str, flag: str = "--database-url") -> str:
-    """A PostgreSQL URL or conninfo string that libpq can parse (reachability is checked later)."""
-    try:
-        conninfo_to_dict(url)
-    except psycopg.ProgrammingError as error:
-        raise ConfigError(f"{flag}: not a PostgreSQL URL ({error})") from None
-    return url
+def help_text(setting: Setting[Any]) -> str:
+    """Its line in --help: the help, and where else its value comes from."""
+    names = [f"{name}=1" if setting.switch else name for name in setting.variables]
+    notes = [f"env {', else '.join(names)}"] if names else []
+    if default := _value(setting) or setting.shown_default:
+        notes.append(f"default {plain(default)}")
+    return plain(setting.help) + (f" ({'; '.join(notes)})" if notes else "")
 
 
-CHANNEL = re.compile(r"[a-z_][a-z0-9_]*")
+def default_cell(setting: Setting[Any]) -> str:
+    """The default as the README states it."""
+    if setting.shown_default is not None:
+        return setting.shown_default
+    if setting.required or setting.positional:
+        return "required"
+    if setting.switch:
+        return "off"
+    return _value(setting, code="`") or "none"
 
 
-def parse_channel(flag: str, value: str) -> str:
-    """A LISTEN/NOTIFY channel: a lower-case PostgreSQL identifier of at most 63 bytes.
-
-    Lower case only, so that `LISTEN name` typed unquoted in psql (which folds
-    to lower case) hears the same channel as the servers.
-    """
-    if not CHANNEL.fullmatch(value) or len(value) > 63:
-        raise ConfigError(
-            f"{flag}: expected a PostgreSQL identifier (lower-case letters, digits and _, "
-            f"not starting with a digit, at most 63 characters), got {value!r}"
+def markdown_table() -> str:
+    """The README's Configuration table: one row per setting, in the table's order."""
+    rows = ["| Command | Flag | Environment | Default | Meaning |", "|---|---|---|---|---|"]
+    for setting in SETTINGS:
+        commands = (
+            "all" if setting.commands == ALL else ", ".join(f"`{c}`" for c in setting.commands)
         )
-    return value
-
-
-def parse_switch(name: str, value: str | None) -> bool:
-    """An on/off environment variable: 1, true or yes; 0, false, no or empty."""
-    text = (value or "").strip().lower()
-    if text in ("1", "true", "yes"):
-        return True
-    if text in ("", "0", "false", "no"):
-        return False
-    raise ConfigError(f"{name}: expected 1 or 0, got {value!r}")
-
-
-# gRPC's integer options and PostgreSQL's statement_timeout (in ms) stop here, and
-# thread waits of more milliseconds overflow.
-INT32_MAX = 2**31 - 1
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # a proto int64 field, such as an id
-
-
-def parse_count(
-    flag: str,
-    value: str,
-    minimum: int = 1,
-    unit: str = "a whole number",
-    maximum: int | None = None,
-) -> int:
-    """A whole number from ``minimum`` to ``maximum`` (a cap, a size, a duration in ``unit``)."""
-    try:
-        count = int(value)
-    except ValueError:
-        raise ConfigError(f"{flag}: expected {unit}, got {value!r}") from None
-    if count < minimum:
-        raise ConfigError(f"{flag}: must be >= {minimum}, got {count}")
-    if maximum is not None and count > maximum:
-        raise ConfigError(f"{flag}: must be <= {maximum}, got {count}")
-    return count
-
-
-def parse_milliseconds(flag: str, value: str) -> int:
-    """A duration in whole milliseconds, 0 to INT32_MAX (almost 25 days)."""
-    return parse_count(flag, value, minimum=0, unit="milliseconds", maximum=INT32_MAX)
-
-
-def parse_seconds(value: str, *, zero: bool = False) -> float:
-    """A duration in seconds for a flag's argparse type: finite, more than 0 (or 0 too when
-    ``zero``), at most what a thread can wait; nan or inf would end inside a wait, in an
-    OverflowError or never.
-
-    The ValueError says what was wrong without naming the flag: argparse adds it.
-    """
-    bound = ">= 0" if zero else "> 0"
-    expected = f"expected seconds, a number {bound} and <= {threading.TIMEOUT_MAX:.0f}"
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise ValueError(f"{expected}, got {value!r}") from None
-    if not (0 <= seconds <= threading.TIMEOUT_MAX) or (seconds == 0 and not zero):
-        raise ValueError(f"{expected}, got {value!r}")
-    return seconds
-
-
-def parse_int64(value: str) -> int:
-    """An id for a flag's argparse type: a whole number that fits a proto int64 field
-    (protobuf would raise on more). Whether it is > 0 is the server's to say.
-
-    The ValueError says what was wrong without naming the flag: argparse adds it.
-    """
-    expected = f"expected a 64-bit whole number (at most {INT64_MAX})"
-    try:
-        number = int(value)
-    except ValueError:
-        raise ValueError(f"{expected}, got {value!r}") from None
-    if not INT64_MIN <= number <= INT64_MAX:
-        raise ValueError(f"{expected}, got {value!r}")
-    return number
-
-
-def is_loopback(host: str) -> bool:
-    """True when every address ``host`` names is a loopback address."""
-    name = host.strip("[]")
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        pass
-    try:
-        addresses = {str(info[4][0]) for info in socket.getaddrinfo(name, None)}
-    except OSError:
-        return False
-    return all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
-
-
-def check_exposure(host: str, tls: TlsKeys | None, insecure: bool) -> None:
-    """Plaintext is for loopback only, unless the operator says --insecure on purpose."""
-    if tls is None and not insecure and not is_loopback(host):
-        raise ConfigError(
-            f"--listen: {host} is reachable from other machines; "
-            "give --tls-cert and --tls-key, or --insecure to serve plaintext anyway"
+        value = f" {setting.metavar}" if setting.metavar else ""
+        variables = ", else ".join(
+            f"`{name}=1`" if setting.switch else f"`{name}`" for name in setting.variables
         )
+        cells = (commands, f"`{setting.flag}{value}`", variables, default_cell(setting))
+        rows.append(
+            "".join(f"| {cell} " if cell else "| " for cell in cells) + f"| {setting.help} |"
+        )
+    return "\n".join(rows) + "\n"

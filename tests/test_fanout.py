@@ -33,7 +33,7 @@ from proca_stats.server.fanout.payload import (
 )
 from proca_stats.server.fanout.replicas import LISTENER_NAME, Publisher
 from proca_stats.server.metrics import FanoutMetrics
-from proca_stats.server.settings import DEFAULT_FANOUT_CHANNEL
+from proca_stats.server.settings import ServeConfig
 from proca_stats.server.state.counters import CampaignCounters, Increment, incremented
 from proca_stats.server.sync.calculation import calculate
 from tests.support.figures import figures
@@ -393,7 +393,7 @@ def test_a_batch_larger_than_one_notify_arrives_whole(
     registry = CollectorRegistry()
     publisher = Publisher(
         lambda name: psycopg.connect(database_url, autocommit=True, application_name=name),
-        DEFAULT_FANOUT_CHANNEL,
+        ServeConfig().fanout_channel,
         "bulk",
         FanoutMetrics(registry),
     )

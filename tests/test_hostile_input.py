@@ -27,8 +27,8 @@ from hypothesis import strategies as st
 from proca_stats.contract.v1 import stats_pb2, stats_pb2_grpc
 from proca_stats.server.api.auth import load_tokens
 from proca_stats.server.app import StatsServer
-from proca_stats.server.settings import Limits
 from proca_stats.server.state.counters import CampaignCounters, Increment, incremented
+from proca_stats.server.state.limits import Limits
 from tests.support.figures import figures
 from tests.support.proca_data import ProcaData
 from tests.support.waiting import wait_for

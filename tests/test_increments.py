@@ -14,9 +14,9 @@ import pytest
 
 from proca_stats.client import StatsClient
 from proca_stats.server.app import StatsServer
-from proca_stats.server.settings import Limits
 from proca_stats.server.state.counters import CampaignCounters, Increment
 from proca_stats.server.state.handover import swap_in
+from proca_stats.server.state.limits import Limits
 from proca_stats.server.state.store import StatsStore
 from tests.support.database import Refreshing, actions_locked, waiting_for_actions
 from tests.support.proca_data import ProcaData

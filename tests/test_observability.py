@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from proca_stats.client import InvalidArgument, StatsClient
 from proca_stats.server.app import StatsServer
-from proca_stats.server.settings import Limits
+from proca_stats.server.state.limits import Limits
 from tests.support.proca_data import ProcaData
 from tests.support.servers import resync
 from tests.support.waiting import wait_for

@@ -13,6 +13,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from proca_stats.cli.serve import check_exposure
 from proca_stats.client import (
     InvalidArgument,
     ResourceExhausted,
@@ -25,7 +26,9 @@ from proca_stats.server.api.auth import load_tokens
 from proca_stats.server.api.health import HealthServicer
 from proca_stats.server.api.tls import read_tls
 from proca_stats.server.app import StatsServer
-from proca_stats.server.settings import ConfigError, Limits, TlsKeys, check_exposure, is_loopback
+from proca_stats.server.checks import ConfigError, is_loopback
+from proca_stats.server.settings import TlsKeys
+from proca_stats.server.state.limits import Limits
 from tests.support.certificates import Authority
 from tests.support.metrics import sample
 from tests.support.waiting import wait_for

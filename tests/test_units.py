@@ -18,8 +18,7 @@ from proca_stats import client as client_errors
 from proca_stats.cli.main import command_of
 from proca_stats.contract.v1 import stats_pb2
 from proca_stats.server.api.auth import load_tokens, presented_token
-from proca_stats.server.retry import backoff_delay
-from proca_stats.server.settings import (
+from proca_stats.server.checks import (
     ConfigError,
     parse_count,
     parse_int64,
@@ -27,6 +26,7 @@ from proca_stats.server.settings import (
     parse_milliseconds,
     parse_seconds,
 )
+from proca_stats.server.retry import backoff_delay
 from proca_stats.server.state.counters import CampaignCounters, Increment, incremented
 from proca_stats.server.state.store import StatsStore
 from proca_stats.server.state.validation import ValidationError, increment_from, watch_from
@@ -118,22 +118,22 @@ def test_milliseconds_stop_at_int32() -> None:
 
 
 def test_parse_seconds() -> None:
-    assert parse_seconds("2.5") == 2.5
-    assert parse_seconds("0", zero=True) == 0
-    assert parse_seconds("1e9") == 1e9
+    assert parse_seconds("--timeout", "2.5") == 2.5
+    assert parse_seconds("--grace", "0", zero=True) == 0
+    assert parse_seconds("--timeout", "1e9") == 1e9
     for bad in ("0", "-1", "nan", "inf", "-inf", "1e300", "soon", ""):
-        with pytest.raises(ValueError, match=r"^expected seconds, a number > 0"):
-            parse_seconds(bad)
-    with pytest.raises(ValueError, match=r"^expected seconds, a number >= 0 .*got 'nan'"):
-        parse_seconds("nan", zero=True)
+        with pytest.raises(ConfigError, match=r"^--timeout: expected seconds, a number > 0"):
+            parse_seconds("--timeout", bad)
+    with pytest.raises(ConfigError, match=r"^--grace: expected seconds, a number >= 0 .*got 'nan'"):
+        parse_seconds("--grace", "nan", zero=True)
 
 
 def test_parse_int64() -> None:
     for good in (2**63 - 1, -(2**63), 0, 42):
-        assert parse_int64(str(good)) == good
+        assert parse_int64("--campaign", str(good)) == good
     for bad in (str(2**63), str(-(2**63) - 1), "1.0", "one", ""):
-        with pytest.raises(ValueError, match=r"^expected a 64-bit whole number"):
-            parse_int64(bad)
+        with pytest.raises(ConfigError, match=r"^--campaign: expected a 64-bit whole number"):
+            parse_int64("--campaign", bad)
 
 
 @pytest.mark.parametrize(("asked", "seconds"), [(0, 1.0), (100, 0.1), (2500, 2.5)])

@@ -15,7 +15,7 @@ import grpc
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 
 from proca_stats.server.api.handlers import Continuation, Handler, Interceptor, with_behavior
-from proca_stats.server.settings import ConfigError
+from proca_stats.server.checks import ConfigError
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 REFLECTION_PREFIXES = ("/grpc.reflection.v1alpha.ServerReflection/", "/grpc.reflection.v1.")

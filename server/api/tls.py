@@ -14,7 +14,8 @@ from typing import NoReturn
 
 import grpc
 
-from proca_stats.server.settings import ConfigError, TlsKeys
+from proca_stats.server.checks import ConfigError
+from proca_stats.server.settings import TlsKeys
 
 
 def read_pem(flag: str, path: Path) -> bytes:

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from proca_stats.server.settings import Limits
 from proca_stats.server.state.counters import NO_COUNTERS, CampaignCounters, Increment, incremented
+from proca_stats.server.state.limits import Limits
 
 
 class ChangeListener(Protocol):

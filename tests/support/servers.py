@@ -22,8 +22,10 @@ def clean_env(**extra: str) -> dict[str, str]:
     """The environment without any database or server setting of the caller's."""
     names = (
         "DATABASE_URL",
+        "PROCA_STATS_DATABASE_URL",
         "TEST_DATABASE_URL",
         "SYNC_INTERVAL",
+        "PROCA_STATS_SYNC_INTERVAL",
         "PROCA_STATS_LISTEN",
         "PROCA_STATS_MAX_WATCHERS",
     )

@@ -1,0 +1,174 @@
+"""The server commands: `serve` runs the server; `db init` and `dump` work on Proca's
+database. Each takes the database options (--database-url, or an embedded PostgreSQL kept
+in --data-dir)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import NoReturn
+
+import psycopg
+
+from proca_stats.cli.options import Command, key_pair
+from proca_stats.cli.output import to_json
+from proca_stats.server.api.auth import load_tokens
+from proca_stats.server.api.messages import campaign_stats
+from proca_stats.server.api.tls import read_tls
+from proca_stats.server.app import StatsServer
+from proca_stats.server.checks import (
+    ConfigError,
+    check_can_listen,
+    check_database_url,
+    is_loopback,
+    parse_listen,
+)
+from proca_stats.server.database import (
+    create_recommended_indexes,
+    init_schema,
+    leave_embedded,
+    start_embedded,
+)
+from proca_stats.server.settings import ServeConfig, TlsKeys
+from proca_stats.server.state.limits import Limits
+from proca_stats.server.sync.calculation import calculate
+
+log = logging.getLogger("proca_stats")
+
+CAPS = frozenset(field.name for field in dataclasses.fields(Limits))
+
+
+def _database_url(args: argparse.Namespace) -> str:
+    """The given database, or the embedded one (started, with its schema) when none is."""
+    if args.database_url:
+        return check_database_url("--database-url", args.database_url)
+    return start_embedded(args.data_dir)
+
+
+def _tls(args: argparse.Namespace) -> TlsKeys | None:
+    pair = key_pair(args)
+    if pair is None:
+        if args.tls_client_ca:
+            raise ConfigError("--tls-client-ca: needs --tls-cert and --tls-key")
+        return None
+    return read_tls(*pair, Path(args.tls_client_ca) if args.tls_client_ca else None)
+
+
+def check_exposure(host: str, tls: TlsKeys | None, insecure: bool) -> None:
+    """Plaintext is for loopback only, unless the operator says --insecure on purpose."""
+    if tls is None and not insecure and not is_loopback(host):
+        raise ConfigError(
+            f"--listen: {host} is reachable from other machines; "
+            "give --tls-cert and --tls-key, or --insecure to serve plaintext anyway"
+        )
+
+
+def serve_config(args: argparse.Namespace) -> ServeConfig:
+    """The server's settings, their values read: each setting with a config field fills it
+    (a cap, the field of its Limits); the files are read and the flags that go together
+    checked, each mistake in one line.
+
+    Whether the port can be bound is asked last, so that a mistake in another flag is
+    reported as such even while the port is taken.
+    """
+    host, port = parse_listen(args.listen)
+    tls = _tls(args)
+    check_exposure(host, tls, args.insecure)
+    if args.protect_reads and not args.token_file:
+        raise ConfigError("--protect-reads: needs --token-file")
+    given = {s.field: getattr(args, s.dest) for s in args.settings if s.field}
+    config = ServeConfig(
+        **{name: value for name, value in given.items() if name not in CAPS},
+        limits=Limits(**{name: value for name, value in given.items() if name in CAPS}),
+        tls=tls,
+        tokens=load_tokens(Path(args.token_file)) if args.token_file else (),
+    )
+    check_can_listen(host, port)
+    return config
+
+
+class _StopSignals:
+    """SIGTERM and SIGINT of `serve`: the first asks for a graceful stop, a second for an exit
+    at once.
+
+    The handlers are installed before the embedded PostgreSQL starts, so a signal then cannot
+    kill the process with PostgreSQL left running. An exit at once waits for that start to end:
+    exiting earlier would leave initdb or pg_ctl to finish on their own and start a PostgreSQL
+    that nobody stops.
+    """
+
+    def __init__(self) -> None:
+        self.stopping = threading.Event()
+        self._received: list[int] = []
+        self._may_exit_at_once = False
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._received.append(signum)
+        if len(self._received) > 1 and self._may_exit_at_once:
+            _exit_at_once(signum)
+        self.stopping.set()
+
+    def allow_exit_at_once(self) -> None:
+        """From now on a second signal ends the process at once, one already received too."""
+        self._may_exit_at_once = True
+        if len(self._received) > 1:
+            _exit_at_once(self._received[-1])
+
+
+def _exit_at_once(signum: int) -> NoReturn:
+    """End the process without waiting for in-flight RPCs or threads. ``os._exit`` skips the
+    atexit hook that stops the embedded PostgreSQL, so this process leaves it first."""
+    log.warning("second signal: exiting without waiting for in-flight RPCs")
+    leave_embedded()
+    os._exit(128 + signum)
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    config = serve_config(args)
+    signals = _StopSignals()
+    database_url = _database_url(args)
+    signals.allow_exit_at_once()
+    if signals.stopping.is_set():
+        log.info("stopped before serving")
+        return
+    server = StatsServer(config, database_url)
+    server.start()
+    log.info("serving proca.stats.v1.StatsService on %s (port %d)", config.listen, server.port)
+    signals.stopping.wait()
+    log.info("stopping: finishing in-flight RPCs (up to %g s)", args.grace)
+    server.stop(grace=args.grace)
+    log.info("stopped")
+
+
+def cmd_db_init(args: argparse.Namespace) -> None:
+    url = _database_url(args)
+    if args.database_url:  # the embedded database got its schema on start
+        init_schema(url)
+    if args.recommended_indexes:
+        create_recommended_indexes(url)
+        print("recommended indexes ready", file=sys.stderr)
+    print("schema ready", file=sys.stderr)
+
+
+def cmd_dump(args: argparse.Namespace) -> None:
+    with psycopg.connect(_database_url(args)) as conn:
+        snapshot = calculate(conn)
+    for campaign_id in sorted(snapshot.campaigns):
+        counters = snapshot.campaigns[campaign_id]
+        print(to_json(campaign_stats(campaign_id, counters, snapshot.taken_at)))
+
+
+COMMANDS = (
+    Command("serve", "run the server", cmd_serve),
+    Command("db init", "create the tables proca-stats reads, if missing", cmd_db_init),
+    Command("dump", "run one full calculation, print JSON lines", cmd_dump),
+)
