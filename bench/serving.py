@@ -44,12 +44,15 @@ def is_serving(port: int) -> bool:
 
 @contextmanager
 def serve_process(
-    database_url: str, *options: str, ready_within: float = 300
+    database_url: str, *options: str, ready_within: float = 300, executable: str | None = None
 ) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    """`proca-stats serve` with ``options`` for the block; yields the process and its port."""
+    """`proca-stats serve` with ``options`` for the block; yields the process and its port.
+
+    ``executable``: another build's `proca-stats` command, to compare with (default: this one's).
+    """
     port = free_port()
     command = [
-        str(Path(sys.executable).with_name("proca-stats")),
+        executable or str(Path(sys.executable).with_name("proca-stats")),
         "--log-level",
         "WARNING",
         "serve",

@@ -23,9 +23,11 @@ from proca_stats.server.metrics import Metrics
 from proca_stats.server.settings import ServeConfig
 from proca_stats.server.state.counters import Snapshot
 from proca_stats.server.state.handover import Lookup, swap_in
-from proca_stats.server.state.store import StatsStore
+from proca_stats.server.state.late import LateCheck
+from proca_stats.server.state.store import Held, StatsStore
 from proca_stats.server.state.watchers import Watchers
 from proca_stats.server.sync.changes import UpdatedAt
+from proca_stats.server.sync.held import ASIDE_CONNECTIONS
 from proca_stats.server.sync.refresh import Refresher
 from proca_stats.server.sync.snapshots import CONNECTIONS, Snapshots
 from proca_stats.server.sync.worker import Deliver, SyncWorker
@@ -33,11 +35,15 @@ from proca_stats.server.sync.worker import Deliver, SyncWorker
 log = logging.getLogger(__name__)
 
 
-def delivering(store: StatsStore, ready: Callable[[], None]) -> Deliver:
-    """Where the sync hands a snapshot: swapped into the store, then the server is ready."""
+def delivering(store: StatsStore, ready: Callable[[], None], held: Callable[[], Held]) -> Deliver:
+    """Where the sync hands a snapshot: swapped into the store, then the server is ready.
+
+    ``held()`` gives the same snapshot as other threads ask it after the swap (the late
+    check, the fan-out); it is called before the swap, on the sync thread.
+    """
 
     def deliver(snapshot: Snapshot, seen: Lookup) -> None:
-        reapplied = swap_in(store, snapshot, seen)
+        reapplied = swap_in(store, snapshot, seen, held())
         if reapplied:
             log.debug("re-applied %d increments the snapshot had not seen", reapplied)
         ready()
@@ -50,7 +56,8 @@ class StatsServer:
 
     def __init__(self, config: ServeConfig, database_url: str) -> None:
         self.watchers = Watchers(config.max_watchers)
-        self.store = StatsStore(config.limits, self.watchers)
+        # Ids forgotten past --max-action-ids: a refresh makes their actions checkable.
+        self.store = StatsStore(config.limits, self.watchers, lambda: self.sync.request())
         self.metrics = Metrics(campaigns=self.store.__len__)
         self.health = HealthServicer(futures.ThreadPoolExecutor(max_workers=1))
         self.health.set_serving(READY_SERVICES, False)
@@ -58,7 +65,7 @@ class StatsServer:
             # Calculations only read: they may use a read replica. LISTEN/NOTIFY needs the primary.
             config.sync_database_url or database_url,
             min_size=1,
-            max_size=CONNECTIONS,  # all a Refresher holds at once
+            max_size=CONNECTIONS + ASIDE_CONNECTIONS,  # all a Refresher and the late check hold
             open=False,
             name="proca-stats-sync",
             # A connection broken while idle (database restarted) is replaced, not used.
@@ -77,11 +84,16 @@ class StatsServer:
         )
         self.sync = SyncWorker(
             self.refresher,
-            delivering(self.store, lambda: self.health.set_serving(READY_SERVICES, True)),
+            delivering(
+                self.store,
+                lambda: self.health.set_serving(READY_SERVICES, True),
+                self.refresher.held,
+            ),
             self.metrics,
             interval=config.sync_interval_ms / 1000,
             increments_before=self.store.arrivals,
         )
+        self.late = LateCheck(self.store, self.metrics.late_taken_back.inc)
         self.fanout: Fanout | None = None
         if config.fanout:
             self.fanout = Fanout(
@@ -92,6 +104,8 @@ class StatsServer:
                 connected=lambda on: self.health.set_serving((FANOUT_SERVICE,), on),
                 missed=self.sync.request,
                 connect_timeout=config.connect_timeout,
+                # Transaction ids mean nothing in another database's snapshots.
+                by_transaction=not config.sync_database_url,
             )
             self.health.set_serving((FANOUT_SERVICE,), False)
         self.answers = Answers(
@@ -117,6 +131,7 @@ class StatsServer:
         self._pool.open(wait=False)
         if self.fanout is not None:
             self.fanout.start(wait=self._connect_timeout + 1)
+        self.late.start()
         self.sync.start()
 
     def stop(self, grace: float | None = None) -> None:
@@ -127,6 +142,7 @@ class StatsServer:
         self._grpc.stop(grace)
         if self.fanout is not None:
             self.fanout.stop()
+        self.late.stop()
         self.sync.stop()
         self._pool.close()
         self.metrics.close()

@@ -46,6 +46,13 @@ class FanoutMetrics:
             "the other replicas' next sync covers them",
             registry=registry,
         )
+        self.held = Counter(
+            "proca_stats_fanout_held",
+            "Increments with an action id received from other replicas and not applied: the "
+            "snapshot the figures come from saw the transaction that sent them commit, so it "
+            "holds their actions already",
+            registry=registry,
+        )
         self.delivery_seconds = Histogram(
             "proca_stats_fanout_delivery_seconds",
             "From an Increment accepted by another replica to its being applied here "
@@ -99,6 +106,13 @@ class Metrics:
             "proca_stats_sync_duration_seconds",
             "Time a successful refresh took",
             buckets=SYNC_BUCKETS,
+            registry=self.registry,
+        )
+        self.late_taken_back = Counter(
+            "proca_stats_late_increments_taken_back",
+            "Increments with an action id counted after a swap and taken back because the "
+            "snapshot of that swap already held their action (a late Increment, a retry, a "
+            "fan-out message delivered after a refresh)",
             registry=self.registry,
         )
         Gauge(

@@ -4,14 +4,19 @@ A payload is compact ASCII JSON, so it is valid whatever the database's
 encoding and its length in characters is its length in bytes::
 
     {"r": replica, "n": number, "t": accepted_at,
-     "i": [[campaign, org, action_type, area, new_supporter, action_id], ...]}
+     "i": [[campaign, org, action_type, area, new_supporter, action_id], ...], "x": xid}
 
 ``r`` tells a replica its own messages apart; ``n`` numbers a replica's
 payloads, which also keeps two payloads of one transaction from being
 identical (PostgreSQL delivers identical payloads of one transaction once);
 ``t`` is when the oldest Increment of the payload was accepted (Unix time), for
-the delivery-latency histogram. PostgreSQL refuses payloads of 8000 bytes or
-more, so a batch is split into as many payloads as it needs.
+the delivery-latency histogram; ``x`` is the id of the transaction that sent
+it, which only that transaction knows (``pg_current_xact_id()``): PostgreSQL
+adds it as it sends the payload (``TAGGED``). A replica whose snapshot saw that
+transaction commit holds the actions of its Increments already (held.py in
+the sync). A payload without ``x`` (from an older replica) is still valid.
+PostgreSQL refuses payloads of 8000 bytes or more, so a batch is split into as
+many payloads as it needs, leaving room for ``x``.
 
 Anyone who may NOTIFY on the channel can send a payload, so decoding checks
 every field with the Increment RPC's own validation and refuses the whole
@@ -30,6 +35,9 @@ from proca_stats.server.state.counters import Increment
 from proca_stats.server.state.validation import increment_from
 
 MAX_PAYLOAD_BYTES = 7999  # PostgreSQL: "payload string too long" from 8000 on
+# A payload as sent, in SQL: its closing brace replaced by the sending transaction's id.
+TAGGED = """left(payload, -1) || ',"x":' || pg_current_xact_id() || '}'"""
+TAG_BYTES = len(',"x":18446744073709551615')  # the most TAGGED adds (xid8 is 64 bits)
 
 
 class PayloadError(ValueError):
@@ -44,6 +52,7 @@ class Message:
     number: int
     accepted_at: float
     increments: list[Increment]
+    transaction: int | None = None  # the sending transaction's id, when tagged
 
 
 def _item(inc: Increment) -> str:
@@ -73,9 +82,10 @@ def encode(
     first_number: int,
     accepted_at: float,
     increments: Sequence[Increment],
-    limit: int = MAX_PAYLOAD_BYTES,
+    limit: int = MAX_PAYLOAD_BYTES - TAG_BYTES,
 ) -> list[str]:
-    """The payloads that carry ``increments``, in order, each at most ``limit`` bytes.
+    """The payloads that carry ``increments``, in order, each at most ``limit`` bytes
+    (untagged: with room for ``TAGGED`` by default).
 
     Payloads are numbered from ``first_number`` on. Every valid Increment fits
     in one payload with room to spare (its strings are capped), so splitting
@@ -143,11 +153,14 @@ def decode(payload: str) -> Message:
         raise PayloadError(f"not JSON: {error}") from None
     if type(data) is not dict:
         raise PayloadError("expected a JSON object")
-    replica, number, accepted_at, items = (data.get(k) for k in ("r", "n", "t", "i"))
+    replica, number, accepted_at, items, xid = (data.get(k) for k in ("r", "n", "t", "i", "x"))
     if type(replica) is not str or not replica:
         raise PayloadError("expected a replica id")
     if type(number) is not int or type(items) is not list:
         raise PayloadError("expected a payload number and a list of Increments")
     if not isinstance(accepted_at, int | float) or isinstance(accepted_at, bool):
         raise PayloadError(f"expected a time, got {accepted_at!r}")
-    return Message(replica, number, float(accepted_at), [_increment(item) for item in items])
+    if xid is not None and (type(xid) is not int or not 0 <= xid < 2**64):
+        raise PayloadError(f"expected a transaction id, got {xid!r}")
+    increments = [_increment(item) for item in items]
+    return Message(replica, number, float(accepted_at), increments, xid)

@@ -15,6 +15,15 @@ transaction, on a connection of its own.
 NOTIFY is not durable: a message sent while a replica is not listening is
 lost to it. So whenever the listener has to reconnect, it asks the sync for a
 refresh, which recounts from the database what the lost messages carried.
+
+A message can also arrive after a refresh whose snapshot holds its actions
+already (that refresh, or a periodic one, landed between the NOTIFY's commit
+and its delivery). Each payload names the transaction that sent it; when the
+snapshot the figures come from saw that transaction commit, its Increments
+with an action id are not applied (their ids are remembered, so a retry is
+refused as if they had counted). Otherwise they count like a local Increment,
+and the late check (state/late.py) looks them up in that snapshot as it does
+every Increment counted after a swap.
 """
 
 from __future__ import annotations
@@ -30,7 +39,14 @@ from psycopg import sql
 from psycopg.rows import TupleRow
 
 from proca_stats.server.database import connection_options
-from proca_stats.server.fanout.payload import PayloadError, decode, encode, sender_prefix
+from proca_stats.server.fanout.payload import (
+    TAGGED,
+    Message,
+    PayloadError,
+    decode,
+    encode,
+    sender_prefix,
+)
 from proca_stats.server.metrics import FanoutMetrics
 from proca_stats.server.retry import Backoff
 from proca_stats.server.state.counters import Increment
@@ -44,6 +60,11 @@ BATCH_WINDOW = 0.005  # seconds an Increment may wait for others to share its NO
 MAX_PENDING = 100_000  # Increments waiting to be published; more are dropped (and counted)
 POLL = 0.5  # seconds the listener waits for messages before it checks whether it must stop
 RETRY_BASE, RETRY_CAP = 0.1, 5.0  # seconds between connection attempts: doubling, capped
+# One statement: one round trip, one transaction, payloads in order, each tagged with its id.
+PUBLISH = (
+    f"SELECT pg_notify(%s, {TAGGED}) FROM unnest(%s::text[]) WITH ORDINALITY AS p(payload, n) "
+    "ORDER BY n"
+)
 
 
 class Publisher:
@@ -116,12 +137,7 @@ class Publisher:
         try:
             if self._conn is None or self._conn.closed:
                 self._conn = self._connect(PUBLISHER_NAME)
-            # One statement: one round trip, one transaction, payloads in order.
-            self._conn.execute(
-                "SELECT pg_notify(%s, payload) FROM unnest(%s::text[]) WITH ORDINALITY "
-                "AS p(payload, n) ORDER BY n",
-                (self._channel, payloads),
-            )
+            self._conn.execute(PUBLISH, (self._channel, payloads))
         except psycopg.Error as error:
             log.warning("fan-out: dropped %d increments: %s", len(batch), str(error).strip())
             self._metrics.dropped.inc(len(batch))
@@ -140,6 +156,8 @@ class Listener:
 
     ``connected(state)`` is told when listening starts and ends; ``missed()``
     when it starts again after a gap, during which messages may have been lost.
+    ``by_transaction``: the store's held snapshot is of the database this
+    listens on, so a message's transaction can be looked for in it (held.py).
     """
 
     def __init__(
@@ -152,9 +170,11 @@ class Listener:
         *,
         connected: Callable[[bool], None],
         missed: Callable[[], None],
+        by_transaction: bool = True,
     ) -> None:
         self._connect = connect
         self._channel = channel
+        self._by_transaction = by_transaction
         self._own = sender_prefix(replica)
         self._store = store
         self._metrics = metrics
@@ -162,6 +182,9 @@ class Listener:
         self._missed = missed
         self._stopping = threading.Event()
         self._tried = threading.Event()  # the first connection attempt is over
+        # Tests hold a received message here, to apply it after a refresh they run: the
+        # race of a refresh landing between a NOTIFY's commit and its delivery.
+        self.before_apply: Callable[[], None] = lambda: None
         self._retry = Backoff(RETRY_BASE, RETRY_CAP)
         self._thread = threading.Thread(target=self._run, name="proca-stats-listen", daemon=True)
 
@@ -215,22 +238,39 @@ class Listener:
     def _apply(self, payload: str) -> None:
         if payload.startswith(self._own):
             return
+        self.before_apply()
         try:
             message = decode(payload)
         except PayloadError as error:
             log.warning("fan-out: ignored a message that is not a fan-out payload: %s", error)
             return
         self._metrics.received.inc(len(message.increments))
-        for inc in message.increments:
+        for inc in self._not_held(message):
             try:
                 self._store.increment(inc)
             except CapacityError as error:
                 log.warning("fan-out: not counted: %s", error)
         self._metrics.delivery_seconds.observe(max(0.0, time.time() - message.accepted_at))
 
+    def _not_held(self, message: Message) -> list[Increment]:
+        """The message's Increments to count: all of them, unless the held snapshot saw its
+        transaction commit, which holds the actions of those with an action id already."""
+        held = self._store.held() if self._by_transaction else None
+        if message.transaction is None or held is None:
+            return message.increments
+        if not held.sees_transaction(message.transaction):
+            return message.increments
+        known = [inc.action_id for inc in message.increments if inc.action_id is not None]
+        self._store.remember_held(known)
+        self._metrics.held.inc(len(known))
+        return [inc for inc in message.increments if inc.action_id is None]
+
 
 class Fanout:
-    """The publisher and the listener of one replica, with a random id to tell its messages."""
+    """The publisher and the listener of one replica, with a random id to tell its messages.
+
+    ``by_transaction``: the sync reads the database at ``database_url`` too (see Listener).
+    """
 
     def __init__(
         self,
@@ -242,12 +282,13 @@ class Fanout:
         connected: Callable[[bool], None],
         missed: Callable[[], None],
         connect_timeout: float = 10.0,
+        by_transaction: bool = True,
     ) -> None:
         self.replica = secrets.token_hex(8)
         self._url = database_url
         self._connect_timeout = max(1, round(connect_timeout))
         self._publisher = Publisher(self._connection, channel, self.replica, metrics)
-        self._listener = Listener(
+        self.listener = Listener(
             self._connection,
             channel,
             self.replica,
@@ -255,6 +296,7 @@ class Fanout:
             metrics,
             connected=connected,
             missed=missed,
+            by_transaction=by_transaction,
         )
 
     def _connection(self, name: str) -> psycopg.Connection[TupleRow]:
@@ -272,10 +314,10 @@ class Fanout:
         The caller starts the first calculation after that: what other replicas
         publish before its snapshot is then either in the snapshot or heard.
         """
-        self._listener.start()
+        self.listener.start()
         self._publisher.start()
-        self._listener.wait_first_attempt(wait)
+        self.listener.wait_first_attempt(wait)
 
     def stop(self) -> None:
         self._publisher.stop()
-        self._listener.stop()
+        self.listener.stop()

@@ -59,6 +59,20 @@ def _plus(counts: dict[Key, int], key: Key, added: int) -> dict[Key, int]:
     return new
 
 
+# Which keys an Increment added to its campaign's maps (see ``new_keys``), as bits.
+NEW_ACTION_TYPE, NEW_AREA, NEW_ORG = 1, 2, 4
+
+
+def new_keys(counters: CampaignCounters, inc: Increment) -> int:
+    """The keys ``incremented(counters, inc)`` adds, as NEW_* bits: what taking the
+    Increment back must remove again, so that the figures are as if it never counted."""
+    return (
+        (NEW_ACTION_TYPE if inc.action_type not in counters.actions_by_type else 0)
+        | (NEW_AREA if inc.area and inc.area not in counters.supporters_by_area else 0)
+        | (NEW_ORG if inc.org_id not in counters.supporters_by_org else 0)
+    )
+
+
 def incremented(counters: CampaignCounters, inc: Increment) -> CampaignCounters:
     """The counters after one accepted action, as Proca's Stats.increment counts it.
 
@@ -75,4 +89,36 @@ def incremented(counters: CampaignCounters, inc: Increment) -> CampaignCounters:
             else counters.supporters_by_area
         ),
         supporters_by_org=_plus(counters.supporters_by_org, inc.org_id, added),
+    )
+
+
+def _minus(counts: dict[Key, int], key: Key, taken: int, added_key: bool) -> dict[Key, int]:
+    new = dict(counts)
+    new[key] = new.get(key, 0) - taken
+    if added_key and new[key] == 0:
+        del new[key]
+    return new
+
+
+def decremented(counters: CampaignCounters, inc: Increment, added: int) -> CampaignCounters:
+    """The counters without an Increment ``incremented`` counted earlier.
+
+    ``added`` is what ``new_keys`` said when it was counted: a key the
+    Increment added goes again once its count is back at 0, so a campaign
+    whose figures already held the action is left as they held it.
+    """
+    taken = 1 if inc.new_supporter else 0
+    return CampaignCounters(
+        supporters=counters.supporters - taken,
+        actions_by_type=_minus(
+            counters.actions_by_type, inc.action_type, 1, bool(added & NEW_ACTION_TYPE)
+        ),
+        supporters_by_area=(
+            _minus(counters.supporters_by_area, inc.area, taken, bool(added & NEW_AREA))
+            if inc.area
+            else counters.supporters_by_area
+        ),
+        supporters_by_org=_minus(
+            counters.supporters_by_org, inc.org_id, taken, bool(added & NEW_ORG)
+        ),
     )

@@ -26,6 +26,9 @@ the newcomers are looked up in the same transaction and applied, and the swap
 is tried again. Each round only handles the newcomers of the round before, so
 it ends as soon as one round passes without an arrival.
 
+Increments counted after the swap are the late check's (late.py): they are
+looked up in the snapshot this swap installs, ``held``.
+
 Increments without an action id cannot be told apart: the snapshot replaces
 them, and the next calculation makes the figures exact (Proca's behaviour).
 """
@@ -35,30 +38,33 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 
 from proca_stats.server.state.counters import NO_COUNTERS, Snapshot, incremented
-from proca_stats.server.state.store import Arrival, Replacement, StatsStore
+from proca_stats.server.state.store import Arrival, Held, Replacement, StatsStore
 
 # Which of these action ids the calculation's snapshot sees.
 Lookup = Callable[[Collection[int]], set[int]]
 
 
-def swap_in(store: StatsStore, snapshot: Snapshot, seen_by_snapshot: Lookup) -> int:
+def swap_in(
+    store: StatsStore, snapshot: Snapshot, seen_by_snapshot: Lookup, held: Held | None = None
+) -> int:
     """Put the snapshot's figures in the store, re-applying what it missed.
 
-    Takes ownership of ``snapshot.campaigns``. Returns how many Increments
-    were re-applied.
+    Takes ownership of ``snapshot.campaigns``. ``held`` is the same snapshot as
+    other threads may ask it after the swap (None: Increments counted after the
+    swap are not looked up). Returns how many Increments were re-applied.
     """
     campaigns = snapshot.campaigns
     carried = store.carried()
-    seen = seen_by_snapshot([_action_id(a) for a in carried]) if carried else set()
-    confirmed = {_action_id(a) for a in carried} & seen
+    seen = seen_by_snapshot([a.action_id for a in carried]) if carried else set()
+    confirmed = {a.action_id for a in carried} & seen
     reapplied: list[Arrival] = []
     seq = 0
     while True:
         fresh, upto = store.arrived_since(seq)
-        ids = [_action_id(a) for a in fresh]
+        ids = [a.action_id for a in fresh]
         seen_now = seen_by_snapshot(ids) if ids else set()
         for arrival in fresh:
-            action_id = _action_id(arrival)
+            action_id = arrival.action_id
             inc = arrival.increment
             if action_id in seen_now:
                 confirmed.add(action_id)
@@ -67,14 +73,8 @@ def swap_in(store: StatsStore, snapshot: Snapshot, seen_by_snapshot: Lookup) -> 
                     campaigns.get(inc.campaign_id, NO_COUNTERS), inc
                 )
                 reapplied.append(arrival)
-        remembered = frozenset(confirmed | {_action_id(a) for a in reapplied})
-        replacement = Replacement(campaigns, snapshot.taken_at, upto, remembered, reapplied)
+        remembered = frozenset(confirmed | {a.action_id for a in reapplied})
+        replacement = Replacement(campaigns, snapshot.taken_at, upto, remembered, reapplied, held)
         if store.replace_if_current(replacement):
             return len(reapplied)
         seq = upto
-
-
-def _action_id(arrival: Arrival) -> int:
-    action_id = arrival.increment.action_id
-    assert action_id is not None  # only Increments with an action id are remembered
-    return action_id

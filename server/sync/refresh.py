@@ -49,6 +49,7 @@ from proca_stats.server.sync.calculation import (
     read_pages,
 )
 from proca_stats.server.sync.changes import Changed, ChangeSource, Mark
+from proca_stats.server.sync.held import HeldSnapshot, seen_in
 from proca_stats.server.sync.snapshots import Kept, Snapshots, parts, split
 from proca_stats.server.sync.tally import CampaignTally, Credit
 
@@ -79,7 +80,6 @@ TOUCHED = f"""
     FROM supporters s JOIN actions a ON a.supporter_id = s.id
     WHERE s.id = ANY(%(supporters)b) AND {COUNTED}
 """
-SEEN = "SELECT id FROM actions WHERE id = ANY(%b)"
 
 ActionKind = tuple[int, str, bool]  # (campaign id, action type, whether it counts)
 Touched = tuple[set[Key], Counter[ActionKind]]
@@ -180,7 +180,14 @@ class Refresher:
         """Which of these action ids the snapshot of the last ``run()`` sees."""
         assert self._next is not None
         with self._snapshots.reading(self._next.kept.snapshot_id) as cur:
-            return {row[0] for row in cur.execute(SEEN, (list(action_ids),))}
+            return seen_in(cur, action_ids)
+
+    def held(self) -> HeldSnapshot:
+        """The snapshot of the last ``run()`` for other threads to ask once it is swapped in:
+        it can be asked until the next refresh releases it, after swapping its own in (or
+        failing)."""
+        assert self._next is not None
+        return HeldSnapshot(self._snapshots, self._next.kept.snapshot_id)
 
     def settle(self) -> None:
         """Hold the last run's snapshot for the next run; release the one held before."""

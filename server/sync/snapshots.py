@@ -38,6 +38,8 @@ LOOKUP_WAIT = 1.0
 # The most connections held at once: two keep snapshots (the held one and the next), one
 # reads in them, and the look-ups add up to LOOKUP_CONNECTIONS - 1.
 CONNECTIONS = 3 + LOOKUP_CONNECTIONS - 1
+# How long giving the connections back waits for a read aside in flight.
+ASIDE_WAIT = 1.0
 
 P = TypeVar("P")  # a part of what is read
 A = TypeVar("A")  # the answer about it
@@ -78,6 +80,8 @@ class Snapshots:
         self._connect_timeout = connect_timeout
         self._timeout_ms = round(timeout * 1000)
         self._work: Connection | None = None  # reads in kept snapshots
+        self._aside: Connection | None = None  # reads in them for another thread (``aside``)
+        self._aside_lock = threading.Lock()
         # Guards what another thread may touch: ``cancel()`` runs on the stopping thread.
         self._lock = threading.Lock()
         self._held: set[Connection] = set()  # taken from the pool
@@ -103,6 +107,29 @@ class Snapshots:
         assert self._work is not None, "keep() a snapshot first"
         with self._read_in(self._work, snapshot_id) as cur:
             yield cur
+
+    @contextmanager
+    def aside(self, snapshot_id: str) -> Iterator[Cursor]:
+        """A cursor in a kept snapshot for a thread other than the refreshing one (whose is
+        the reading connection), on a pool connection kept for such reads between blocks:
+        taking one from the pool each time would cost as much as the read. One block at a
+        time; after an error the connection goes back to the pool."""
+        with self._aside_lock:
+            self._check_cancelled()
+            if self._aside is None:
+                self._aside = self._take(self._connect_timeout)
+            try:
+                with read_in(self._aside, snapshot_id, self._timeout_ms) as cur:
+                    yield cur
+            except BaseException:
+                self._release_aside()
+                raise
+
+    def _release_aside(self) -> None:
+        """Give the connection of ``aside`` back, if one is kept; the caller holds its lock."""
+        if self._aside is not None:
+            self.release(self._aside)
+            self._aside = None
 
     def ask(
         self, items: Sequence[P], ask: Callable[[Cursor, P], A], *snapshot_ids: str
@@ -152,10 +179,17 @@ class Snapshots:
         self._pool.putconn(conn)
 
     def release_reading(self) -> None:
-        """Give the reading connection back (after an error, or to close)."""
+        """Give the reading connections back (after an error, or to close)."""
         if self._work is not None:
             self.release(self._work)
             self._work = None
+        # A read aside in flight (its query cancelled at a stop, or stuck on a dead network)
+        # gives its connection back itself when it fails; closing the pool ends it otherwise.
+        if self._aside_lock.acquire(timeout=ASIDE_WAIT):
+            try:
+                self._release_aside()
+            finally:
+                self._aside_lock.release()
 
     def cancel(self) -> None:
         """Cancel the queries running now and refuse new ones: the server is stopping.

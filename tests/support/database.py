@@ -1,5 +1,5 @@
-"""The PostgreSQL side of the tests: where an embedded one keeps its data, and holding the
-actions table so a calculation waits where a test wants it."""
+"""The PostgreSQL side of the tests: where an embedded one keeps its data, and holding a
+table (actions, say) so a calculation waits where a test wants it."""
 
 from __future__ import annotations
 
@@ -29,28 +29,44 @@ def postgres_folder() -> tempfile.TemporaryDirectory[str]:
     return tempfile.TemporaryDirectory(prefix="proca-stats-test-")
 
 
-def waiting_for_actions(conn: psycopg.Connection) -> bool:
-    """Whether some session waits for a lock on the actions table."""
+def waiting_for_lock(conn: psycopg.Connection, table: str) -> bool:
+    """Whether some session waits for a lock on ``table``."""
     row = conn.execute(
-        "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'actions'::regclass"
-        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = %s::regclass"
+        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        (table,),
     ).fetchone()
     return bool(row and row[0])
 
 
-def lock_actions(database_url: str) -> psycopg.Connection:
-    """A connection whose open transaction holds ``actions`` exclusively: a calculation
-    waits behind it until the transaction ends."""
+def waiting_for_actions(conn: psycopg.Connection) -> bool:
+    """Whether some session waits for a lock on the actions table."""
+    return waiting_for_lock(conn, "actions")
+
+
+def lock_table(database_url: str, table: str) -> psycopg.Connection:
+    """A connection whose open transaction holds ``table`` exclusively: a calculation
+    that reads it waits behind it until the transaction ends."""
     conn = psycopg.connect(database_url)
-    conn.execute("LOCK TABLE actions IN ACCESS EXCLUSIVE MODE")
+    conn.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE".encode())
     return conn
 
 
+def lock_actions(database_url: str) -> psycopg.Connection:
+    """``lock_table`` of ``actions``."""
+    return lock_table(database_url, "actions")
+
+
 @contextmanager
-def actions_locked(database_url: str) -> Iterator[psycopg.Connection]:
-    """``lock_actions`` for a block; rows inserted on its connection commit at the end."""
-    with lock_actions(database_url) as conn:  # commits and closes on leaving
+def table_locked(database_url: str, table: str) -> Iterator[psycopg.Connection]:
+    """``lock_table`` for a block; rows inserted on its connection commit at the end."""
+    with lock_table(database_url, table) as conn:  # commits and closes on leaving
         yield conn
+
+
+def actions_locked(database_url: str) -> AbstractContextManager[psycopg.Connection]:
+    """``table_locked`` of ``actions``."""
+    return table_locked(database_url, "actions")
 
 
 @contextmanager
