@@ -6,15 +6,19 @@ added to CALLS."""
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from pathlib import Path
 
 import grpc
 
 from proca_stats.cli.options import Command, key_pair
 from proca_stats.cli.output import to_json
-from proca_stats.client import StatsClient
+from proca_stats.client import NotFound, StatsClient
+from proca_stats.contract.v1 import stats_pb2
 from proca_stats.server.api.auth import load_tokens
 from proca_stats.server.api.tls import read_certificates, read_key_pair
+from proca_stats.server.checks import ConfigError
 
 
 def _client(args: argparse.Namespace) -> StatsClient:
@@ -33,12 +37,13 @@ def _client(args: argparse.Namespace) -> StatsClient:
 
 def cmd_get(args: argparse.Namespace) -> None:
     with _client(args) as client:
-        print(to_json(client.get_stats(args.campaign_id), indent=2))
+        stats = client.get_stats(args.campaign_id)
+    print(to_json(stats_pb2.GetStatsResponse(stats=stats), indent=2))
 
 
 def cmd_increment(args: argparse.Namespace) -> None:
     with _client(args) as client:
-        client.increment(
+        counted = client.increment(
             args.campaign,
             args.org,
             args.type,
@@ -46,9 +51,23 @@ def cmd_increment(args: argparse.Namespace) -> None:
             new_supporter=args.new_supporter,
             action_id=args.action_id,
         )
+    print(to_json(stats_pb2.IncrementResponse(counted=counted)))
+
+
+def cmd_health(args: argparse.Namespace) -> None:
+    """One line, exit status 0 when SERVING: for Docker's HEALTHCHECK and exec probes."""
+    with _client(args) as client:
+        try:
+            status = client.health(args.service)
+        except NotFound:
+            raise ConfigError(f"--service: the server knows no service {args.service!r}") from None
+    print(json.dumps({"status": status}))
+    if status != "SERVING":
+        sys.exit(1)
 
 
 COMMANDS = (
     Command("get", "print a campaign's stats as JSON", cmd_get),
     Command("increment", "count one action", cmd_increment),
+    Command("health", "exit 0 when the server says SERVING, else 1", cmd_health),
 )

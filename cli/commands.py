@@ -4,6 +4,7 @@ one line on stderr and exit status 1 (2 for a malformed command line), never a t
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -15,13 +16,24 @@ from proca_stats.client import StatsError
 from proca_stats.server.api.grpc_server import BindError
 from proca_stats.server.checks import ConfigError
 from proca_stats.server.database import EmbeddedDatabaseError
+from proca_stats.server.database_check import DatabaseUnusable
+from proca_stats.server.demo import DemoRefused
 from proca_stats.server.logs import configure_logging
 
 COMMANDS = serve.COMMANDS + calls.COMMANDS
 GROUPS = {"db": "database commands"}
 
 # What a person can get wrong; anything else is a bug and keeps its traceback.
-USER_ERRORS = (ConfigError, BindError, EmbeddedDatabaseError, psycopg.Error, StatsError, OSError)
+USER_ERRORS = (
+    ConfigError,
+    BindError,
+    EmbeddedDatabaseError,
+    DatabaseUnusable,
+    DemoRefused,
+    psycopg.Error,
+    StatsError,
+    OSError,
+)
 
 
 def parser() -> Parser:
@@ -42,6 +54,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         args = parse(argv)
         configure_logging(args.log_level, getattr(args, "log_format", "text"))
         args.run(args)
+    except BrokenPipeError:
+        # The reader went away (`proca-stats get 1 | head`): nothing to say, and nothing more
+        # may be written, not even by the interpreter flushing stdout as it exits.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
     except USER_ERRORS as error:
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         sys.exit(f"proca-stats: error: {message}")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+from proca_stats.server import version
 from proca_stats.server.checks import ConfigError
 from proca_stats.server.settings import ALL, SETTINGS, Setting, help_text
 
@@ -64,6 +65,7 @@ def build_parser(commands: Sequence[Command], groups: Mapping[str, str]) -> Pars
     parser = Parser(
         prog="proca-stats", description="Live campaign counters of a Proca database, over gRPC."
     )
+    parser.add_argument("-V", "--version", action="version", version=f"proca-stats {version()}")
     everywhere = [s for s in SETTINGS if s.commands == ALL]
     for setting in everywhere:
         _add(parser, setting)

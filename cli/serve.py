@@ -1,5 +1,5 @@
-"""The server commands: `serve` runs the server; `db init` and `dump` work on Proca's
-database. Each takes the database options (--database-url, or an embedded PostgreSQL kept
+"""The server commands: `serve` runs the server; `db init`, `db demo` and `dump` work on
+Proca's database. Each takes the database options (--database-url, or an embedded PostgreSQL kept
 in --data-dir)."""
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import psycopg
 
 from proca_stats.cli.options import Command, key_pair
 from proca_stats.cli.output import to_json
+from proca_stats.cli.serve_start import check_databases, load_demo_once, start_trickle
+from proca_stats.server import version
 from proca_stats.server.api.auth import load_tokens
 from proca_stats.server.api.messages import campaign_stats
 from proca_stats.server.api.tls import read_tls
@@ -36,9 +38,11 @@ from proca_stats.server.database import (
     leave_embedded,
     start_embedded,
 )
+from proca_stats.server.demo import load_demo
 from proca_stats.server.settings import ServeConfig, TlsKeys
 from proca_stats.server.state.limits import Limits
 from proca_stats.server.sync.calculation import calculate
+from proca_stats.server.tracing import Tracing
 
 log = logging.getLogger("proca_stats")
 
@@ -134,17 +138,31 @@ def _exit_at_once(signum: int) -> NoReturn:
 
 def cmd_serve(args: argparse.Namespace) -> None:
     config = serve_config(args)
+    if args.demo and args.database_url:
+        raise ConfigError("--demo: runs on the embedded database; leave out --database-url")
+    tracing = Tracing.from_environment()
     signals = _StopSignals()
     database_url = _database_url(args)
     signals.allow_exit_at_once()
     if signals.stopping.is_set():
         log.info("stopped before serving")
         return
-    server = StatsServer(config, database_url)
+    if args.demo:
+        load_demo_once(database_url)
+    check_databases(config, database_url)
+    server = StatsServer(config, database_url, tracing)
     server.start()
-    log.info("serving proca.stats.v1.StatsService on %s (port %d)", config.listen, server.port)
+    log.info(
+        "serving proca.stats.v1.StatsService on %s (port %d), proca-stats %s",
+        config.listen,
+        server.port,
+        version(),
+    )
+    trickle = start_trickle(config, database_url, server.port) if args.demo else None
     signals.stopping.wait()
     log.info("stopping: finishing in-flight RPCs (up to %g s)", args.grace)
+    if trickle is not None:
+        trickle.stop()
     server.stop(grace=args.grace)
     log.info("stopped")
 
@@ -159,6 +177,15 @@ def cmd_db_init(args: argparse.Namespace) -> None:
     print("schema ready", file=sys.stderr)
 
 
+def cmd_db_demo(args: argparse.Namespace) -> None:
+    loaded = load_demo(_database_url(args), force=args.force)
+    print(
+        f"demo loaded: {loaded.campaigns} campaigns, {loaded.supporters} supporters,"
+        f" {loaded.actions} actions",
+        file=sys.stderr,
+    )
+
+
 def cmd_dump(args: argparse.Namespace) -> None:
     with psycopg.connect(_database_url(args)) as conn:
         snapshot = calculate(conn)
@@ -170,5 +197,6 @@ def cmd_dump(args: argparse.Namespace) -> None:
 COMMANDS = (
     Command("serve", "run the server", cmd_serve),
     Command("db init", "create the tables proca-stats reads, if missing", cmd_db_init),
+    Command("db demo", "load a small Proca-shaped demo data set", cmd_db_demo),
     Command("dump", "run one full calculation, print JSON lines", cmd_dump),
 )

@@ -21,10 +21,12 @@ from .errors import (
     Unimplemented,
     Unknown,
 )
+from .retry import DEFAULT_RETRY, Retry
 from .stats_client import DEFAULT_TARGET, StatsClient
 from .watch import StatsWatch
 
 __all__ = [
+    "DEFAULT_RETRY",
     "DEFAULT_TARGET",
     "Aborted",
     "AlreadyExists",
@@ -39,6 +41,7 @@ __all__ = [
     "OutOfRange",
     "PermissionDenied",
     "ResourceExhausted",
+    "Retry",
     "StatsClient",
     "StatsError",
     "StatsWatch",

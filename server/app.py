@@ -15,6 +15,7 @@ from psycopg_pool import ConnectionPool
 
 from proca_stats.server.api.answers import Answers
 from proca_stats.server.api.grpc_server import BindError, GrpcServer
+from proca_stats.server.api.grpc_service import SERVICE
 from proca_stats.server.api.health import FANOUT_SERVICE, READY_SERVICES, HealthServicer
 from proca_stats.server.checks import parse_listen
 from proca_stats.server.database import connection_options
@@ -29,10 +30,13 @@ from proca_stats.server.state.watchers import Watchers
 from proca_stats.server.sync.changes import UpdatedAt
 from proca_stats.server.sync.held import ASIDE_CONNECTIONS
 from proca_stats.server.sync.refresh import Refresher
-from proca_stats.server.sync.snapshots import CONNECTIONS, Snapshots
-from proca_stats.server.sync.worker import Deliver, SyncWorker
+from proca_stats.server.sync.snapshots import CONNECTIONS, ConnectFailures, Snapshots
+from proca_stats.server.sync.worker import Deliver, SyncWorker, untraced
+from proca_stats.server.tracing import Tracing
 
 log = logging.getLogger(__name__)
+
+POOL_CLOSE_WAIT = 0.2  # seconds a stop waits for the connection pool's threads
 
 
 def delivering(store: StatsStore, ready: Callable[[], None], held: Callable[[], Held]) -> Deliver:
@@ -54,16 +58,24 @@ def delivering(store: StatsStore, ready: Callable[[], None], held: Callable[[], 
 class StatsServer:
     """Everything `proca-stats serve` runs, over a database given by URL."""
 
-    def __init__(self, config: ServeConfig, database_url: str) -> None:
+    def __init__(
+        self, config: ServeConfig, database_url: str, tracing: Tracing | None = None
+    ) -> None:
+        """``tracing``: spans of RPCs and sync runs (``Tracing.from_environment()``)."""
+        self._tracing = tracing
         self.watchers = Watchers(config.max_watchers)
         # Ids forgotten past --max-action-ids: a refresh makes their actions checkable.
         self.store = StatsStore(config.limits, self.watchers, lambda: self.sync.request())
-        self.metrics = Metrics(campaigns=self.store.__len__)
         self.health = HealthServicer(futures.ThreadPoolExecutor(max_workers=1))
         self.health.set_serving(READY_SERVICES, False)
+        self.metrics = Metrics(
+            campaigns=self.store.__len__, serving=lambda: self.health.serving(SERVICE.full_name)
+        )
+        failures = ConnectFailures()
         self._pool = ConnectionPool(
             # Calculations only read: they may use a read replica. LISTEN/NOTIFY needs the primary.
             config.sync_database_url or database_url,
+            connection_class=failures.connection_class(),
             min_size=1,
             max_size=CONNECTIONS + ASIDE_CONNECTIONS,  # all a Refresher and the late check hold
             open=False,
@@ -77,6 +89,7 @@ class StatsServer:
                 self._pool,
                 connect_timeout=config.connect_timeout,
                 timeout=config.sync_timeout_ms / 1000,
+                failures=failures,
             ),
             UpdatedAt(overlap=config.change_overlap_ms / 1000),
             full_interval=config.full_sync_interval_ms / 1000,
@@ -92,6 +105,7 @@ class StatsServer:
             self.metrics,
             interval=config.sync_interval_ms / 1000,
             increments_before=self.store.arrivals,
+            span=tracing.sync_span if tracing else untraced,
         )
         self.late = LateCheck(self.store, self.metrics.late_taken_back.inc)
         self.fanout: Fanout | None = None
@@ -111,7 +125,13 @@ class StatsServer:
         self.answers = Answers(
             self.store, self.watchers, self.fanout.publish if self.fanout else None
         )
-        self._grpc = GrpcServer(config, self.answers, self.health, self.metrics)
+        self._grpc = GrpcServer(
+            config,
+            self.answers,
+            self.health,
+            self.metrics,
+            tracing.interceptor() if tracing else None,
+        )
         self.port = self._grpc.port
         self.metrics_port: int | None = None
         self._metrics_listen = config.metrics_listen
@@ -144,5 +164,9 @@ class StatsServer:
             self.fanout.stop()
         self.late.stop()
         self.sync.stop()
-        self._pool.close()
+        # Its threads may be stuck connecting to a database that does not answer (they give
+        # up at connect_timeout); they are daemons, and nothing waits for what they bring.
+        self._pool.close(timeout=POOL_CLOSE_WAIT)
         self.metrics.close()
+        if self._tracing is not None:
+            self._tracing.shutdown()

@@ -107,7 +107,7 @@ def check_database_url(flag: str, url: str) -> str:
     try:
         conninfo_to_dict(url)
     except psycopg.ProgrammingError as error:
-        raise ConfigError(f"{flag}: not a PostgreSQL URL ({error})") from None
+        raise ConfigError(f"{flag}: not a PostgreSQL URL ({str(error).strip()})") from None
     return url
 
 

@@ -30,3 +30,7 @@ def configure_logging(level: str, log_format: str) -> None:
         JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
     )
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    # The sync says in one line per attempt why it failed and when it tries again; the
+    # connection pool's warnings, a pair per connection attempt of each of its threads,
+    # would only repeat it (its errors still show, and everything at DEBUG).
+    logging.getLogger("psycopg.pool").setLevel(logging.DEBUG if level == "DEBUG" else logging.ERROR)

@@ -1,18 +1,33 @@
-"""Prometheus metrics, every name prefixed `proca_stats_`, served on --metrics-listen.
+"""Prometheus metrics, every name prefixed `proca_stats_`, served on --metrics-listen at /metrics.
 
 Each server gets a registry of its own, so several servers in one process (as in
-the tests) never mix their figures.
+the tests) never mix their figures. The port answers /metrics only: anything
+else is 404, so that a probe pointed at it by mistake fails rather than passing
+for a health check.
 """
 
 from __future__ import annotations
 
 import math
+import socket
 import threading
 import time
-from collections.abc import Callable
-from wsgiref.simple_server import WSGIServer
+from collections.abc import Callable, Iterable
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+    make_wsgi_app,
+)
+from prometheus_client.exposition import ThreadingWSGIServer
+
+from proca_stats.server import version
 
 # GetStats answers in well under a millisecond: the default buckets start at 5 ms.
 RPC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 1.0, 5.0)
@@ -65,7 +80,12 @@ class FanoutMetrics:
 class Metrics:
     """The server's collectors, and the hooks that feed them."""
 
-    def __init__(self, campaigns: Callable[[], int]) -> None:
+    def __init__(self, campaigns: Callable[[], int], serving: Callable[[], bool]) -> None:
+        """``campaigns()`` counts the campaigns held; ``serving()`` is the health status."""
+        # Without it every counter and histogram has a `_created` twin holding its creation
+        # time: a series per label set that no alert or dashboard reads. The switch is the
+        # library's, for the whole process.
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated upstream
         self.registry = CollectorRegistry()
         self._http: WSGIServer | None = None
         self._last_success: float | None = None
@@ -123,6 +143,14 @@ class Metrics:
         Gauge(
             "proca_stats_campaigns", "Campaigns held in memory", registry=self.registry
         ).set_function(campaigns)
+        Gauge(
+            "proca_stats_serving",
+            "1 while health says SERVING (the first calculation succeeded, not stopping), else 0",
+            registry=self.registry,
+        ).set_function(lambda: float(serving()))
+        Info(
+            "proca_stats_build", "The running proca-stats (always 1)", registry=self.registry
+        ).info({"version": version()})
 
     def fanout(self) -> FanoutMetrics:
         """Register the fan-out's collectors (once per server)."""
@@ -146,10 +174,48 @@ class Metrics:
 
     def serve(self, host: str, port: int) -> int:
         """Serve /metrics over HTTP in a daemon thread; returns the bound port."""
-        self._http, _thread = start_http_server(port, addr=host.strip("[]"), registry=self.registry)
+        app = _only_metrics(make_wsgi_app(self.registry))
+        self._http = _http_server(host.strip("[]"), port, app)
+        threading.Thread(
+            target=self._http.serve_forever, name="proca-stats-metrics", daemon=True
+        ).start()
         return int(self._http.server_port)
 
     def close(self) -> None:
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
+
+
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+def _only_metrics(app: WsgiApp) -> WsgiApp:
+    """``app`` at /metrics (a query string is the library's: ``name[]=`` filters), 404 elsewhere."""
+
+    def answer(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") == "/metrics":
+            return app(environ, start_response)
+        start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+        return [b"not found: proca-stats serves its metrics at /metrics only\n"]
+
+    return answer
+
+
+class _Quiet(WSGIRequestHandler):
+    """No line on stderr per scrape."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def _http_server(host: str, port: int, app: WsgiApp) -> WSGIServer:
+    """A threaded HTTP server on ``host`` (IPv4 or IPv6) and ``port``."""
+    family, _, _, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+
+    class Server(ThreadingWSGIServer):
+        address_family = family
+
+    return make_server(str(address[0]), port, app, Server, handler_class=_Quiet)

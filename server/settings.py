@@ -48,8 +48,8 @@ T = TypeVar("T")
 # Which commands take a setting.
 ALL = ("all",)  # given before the command's name, or after it on any command
 SERVE = ("serve",)
-DATABASE = ("serve", "db init", "dump")  # the commands that read Proca's database
-CALLS = ("get", "increment")  # the client commands: they call a running server
+DATABASE = ("serve", "db init", "db demo", "dump")  # the commands that use Proca's database
+CALLS = ("get", "increment", "health")  # the client commands: they call a running server
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LIMITS = Limits()
@@ -126,12 +126,17 @@ SETTINGS: tuple[Setting[Any], ...] = (
             "--database-url", DATABASE, metavar="URL", env="PROCA_STATS_DATABASE_URL",
             aliases=("DATABASE_URL",), default=None, field="database_url",
             parse=parse_text,  # checked when the database is opened
-            help="PostgreSQL with Proca's tables; without it the embedded PostgreSQL is used"),
+            help="PostgreSQL with Proca's tables; without it the embedded PostgreSQL is used. "
+            "One that cannot be used (no such database, a wrong password, no Proca tables) "
+            "ends `serve` at once"),
     DATA_DIR := Setting(
             "--data-dir", DATABASE, metavar="DIR", env="PROCA_STATS_DATA_DIR",
             default=platformdirs.user_data_path("proca-stats"), parse=parse_path,
             shown_default="per-user data dir (`~/.local/share/proca-stats`)", field="data_dir",
             help="where the embedded PostgreSQL keeps its data"),
+    Setting("--demo", SERVE, default=False, parse=parse_switch,
+            help="on the embedded database: load the demo data set once, then simulate a few "
+            "actions a second (see [Try it](#try-it))"),
     SYNC_INTERVAL := Setting(
             "--sync-interval", SERVE, metavar="MS", env="PROCA_STATS_SYNC_INTERVAL",
             aliases=("SYNC_INTERVAL",),  # Proca's own name for it
@@ -214,7 +219,7 @@ SETTINGS: tuple[Setting[Any], ...] = (
     METRICS_LISTEN := Setting(
             "--metrics-listen", SERVE, metavar="HOST:PORT", env="PROCA_STATS_METRICS_LISTEN",
             default=None, parse=parse_address_or_none, field="metrics_listen",
-            help="serve Prometheus metrics at `http://HOST:PORT/metrics`"),
+            help="serve Prometheus metrics at `http://HOST:PORT/metrics` (404 elsewhere)"),
     Setting("--log-format", SERVE, metavar="FORMAT", default="text",
             parse=one_of(("text", "json")),
             help="`text`, or `json` for one JSON object per line"),
@@ -255,9 +260,14 @@ SETTINGS: tuple[Setting[Any], ...] = (
             help="the action created a new supporter: count them"),
     Setting("--action-id", ("increment",), metavar="ID", default=None, parse=parse_int64,
             help="the stored action's id: a retried call counts once"),
+    Setting("--service", ("health",), metavar="NAME", default="", parse=parse_text,
+            shown_default="the server's",
+            help="the service whose health to check, such as `proca.stats.v1.StatsService`"),
     Setting("--recommended-indexes", ("db init",), default=False, parse=parse_switch,
             help="also create the indexes incremental syncs use "
             "(see [Recommended indexes](#recommended-indexes))"),
+    Setting("--force", ("db demo",), default=False, parse=parse_switch,
+            help="load the demo data set even beside rows the tables hold"),
 )
 # fmt: on
 

@@ -66,7 +66,9 @@ def test_token_and_tls_options_of_the_client_commands(
     done = run_cli(*increment, "--new-supporter", "--token-file", str(tokens))
     assert done.returncode == 0, done.stderr
     got = run_cli("get", "1", *target)
-    assert json.loads(got.stdout)["supporters"] == "1"
+    assert json.loads(got.stdout)["stats"]["supporters"] == "1"
+    health = run_cli("health", *target)
+    assert (health.returncode, health.stdout) == (0, '{"status": "SERVING"}\n')
     process.terminate()
     assert process.wait(timeout=20) == 0
 

@@ -18,7 +18,7 @@ from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from proca_stats.client import ResourceExhausted, StatsClient, Unavailable
-from proca_stats.contract.v1.stats_pb2 import CampaignStats
+from proca_stats.contract.v1.stats_pb2 import CampaignStats, GetStatsResponse
 from proca_stats.server.fanout.payload import encode
 from proca_stats.server.state.counters import Increment
 from tests.support.command_line import assert_one_line_error, run_cli
@@ -40,9 +40,10 @@ def test_serve_get_increment_and_stop_on_sigterm(
         "--area", "DE", "--new-supporter", "--target", target,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"counted": True}
     got = run_cli("get", "1", "--target", target)
     assert got.returncode == 0, got.stderr
-    stats = json_format.Parse(got.stdout, CampaignStats())
+    stats = json_format.Parse(got.stdout, GetStatsResponse()).stats
     assert stats.supporters == 1
     assert dict(stats.supporters_by_org) == {2: 1}
     assert dict(stats.supporters_by_area) == {"DE": 1}
@@ -90,7 +91,7 @@ def test_serve_without_database_runs_on_embedded_postgres(
     assert fanout_serving(port)  # LISTEN/NOTIFY on the embedded PostgreSQL too
     got = run_cli("get", "42", "--target", f"127.0.0.1:{port}")
     assert got.returncode == 0, got.stderr
-    assert json.loads(got.stdout)["campaignId"] == "42"
+    assert json.loads(got.stdout)["stats"]["campaign_id"] == "42"
     assert (data_dir / "pgdata" / "PG_VERSION").exists()
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=30) == 0
@@ -306,7 +307,7 @@ def test_dump_prints_one_json_line_per_campaign(db: ProcaData, database_url: str
     assert dict(parsed[0].supporters_by_org) == {org: 3}
     assert dict(parsed[0].supporters_by_area) == {"DE": 1}
     assert parsed[1].supporters == 0
-    assert json.loads(lines[1])["supportersByOrg"] == {}  # empty maps are printed too
+    assert json.loads(lines[1])["supporters_by_org"] == {}  # empty maps are printed too
     assert all(stats.HasField("synced_at") for stats in parsed)
 
 

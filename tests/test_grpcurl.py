@@ -56,9 +56,8 @@ def test_increment_then_get_stats(server: StatsServer) -> None:
         "area": "DE",
         "new_supporter": True,
     }
-    assert (
-        json.loads(grpcurl(server, "proca.stats.v1.StatsService/Increment", data=increment)) == {}
-    )
+    reply = json.loads(grpcurl(server, "proca.stats.v1.StatsService/Increment", data=increment))
+    assert reply == {"counted": True}
     reply = json.loads(
         grpcurl(server, "proca.stats.v1.StatsService/GetStats", data={"campaign_id": 1})
     )

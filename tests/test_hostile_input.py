@@ -128,9 +128,11 @@ def decoded(method: str, body: bytes) -> Message | None:
 
 
 def fits(text: str, shortest: int, longest: int) -> bool:
-    """The proto's length rule, in characters. NUL is refused too: PostgreSQL text cannot
-    hold it, so such a key could never come back from the database."""
-    return shortest <= len(text) <= longest and "\x00" not in text
+    """The proto's length rule, in characters; control characters (Unicode's Cc: U+0000 to
+    U+001F, U+007F to U+009F) are refused too."""
+    return shortest <= len(text) <= longest and not any(
+        ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in text
+    )
 
 
 def breaks_a_rule(request: Message) -> bool:

@@ -37,16 +37,19 @@ def world(db: ProcaData) -> tuple[int, int, int]:
     return org, campaign, db.page(campaign, org)
 
 
-def test_a_retried_increment_counts_once(client: StatsClient) -> None:
-    for _ in range(3):
+def test_a_retried_increment_counts_once_and_says_so(client: StatsClient) -> None:
+    counted = [
         client.increment(1, 2, "signature", area="DE", new_supporter=True, action_id=77)
-    client.increment(1, 2, "signature", new_supporter=False, action_id=78)
+        for _ in range(3)
+    ]
+    assert counted == [True, False, False]  # IncrementResponse.counted
+    assert client.increment(1, 2, "signature", new_supporter=False, action_id=78) is True
     assert figures(client, 1) == (1, {"signature": 2}, {2: 1})
 
 
 def test_an_increment_without_action_id_counts_every_time(client: StatsClient) -> None:
     for _ in range(2):
-        client.increment(1, 2, "signature", new_supporter=True)
+        assert client.increment(1, 2, "signature", new_supporter=True) is True
     assert figures(client, 1) == (2, {"signature": 2}, {2: 2})
 
 

@@ -40,6 +40,7 @@ def test_every_rpc_from_node(server: StatsServer, client: StatsClient) -> None:
     assert done.returncode == 0, done.stderr
     seen = json.loads(done.stdout)
 
+    assert seen["counted"] == [True, False]  # the same action_id counts once
     assert seen["watchFirst"]["supporters"] == "1"  # int64 as a string
     assert seen["watchFirst"]["supporters_by_org"] == {"3": "1", str(BIG_ORG): "0"}
     after = seen["watchAfterIncrement"]
@@ -70,5 +71,6 @@ def test_the_example_runs(server: StatsServer) -> None:
     done = run_node(str(EXAMPLE / "example.js"), f"127.0.0.1:{server.port}", "21")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
+    assert lines[:2] == ["Increment counted: true", "Increment again counted: false"]
     assert "BatchGetStats: 1 1" in lines
     assert lines[-1] == "WatchStats: 1"

@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import math
 import re
+import urllib.error
 import urllib.request
 from collections.abc import Callable
+from importlib import metadata
 
 import grpc
 import pytest
@@ -23,10 +25,14 @@ GET_STATS = "proca.stats.v1.StatsService/GetStats"
 INCREMENT = "proca.stats.v1.StatsService/Increment"
 
 
+def exposition(port: int, path: str = "/metrics") -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as reply:
+        return str(reply.read().decode())
+
+
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Every sample of /metrics, by name and sorted labels."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
-        text = reply.read().decode()
+    text = exposition(port)
     return {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
         for family in text_string_to_metric_families(text)
@@ -60,6 +66,40 @@ def test_rpcs_are_counted_by_method_and_code_and_timed(metered: StatsServer) -> 
     assert all(name.startswith("proca_stats_") for name, _ in samples)
 
 
+@pytest.mark.parametrize(
+    "path", ["/", "/health", "/healthz", "/metrics/", "/metrics/x", "/favicon.ico"]
+)
+def test_the_metrics_port_answers_404_but_at_metrics(metered: StatsServer, path: str) -> None:
+    assert metered.metrics_port is not None
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        exposition(metered.metrics_port, path)
+    assert refused.value.code == 404
+
+
+def test_metrics_with_a_query_string_are_still_metrics(metered: StatsServer) -> None:
+    """Prometheus' own filter, ``name[]=``, keeps working at /metrics."""
+    assert metered.metrics_port is not None
+    text = exposition(metered.metrics_port, "/metrics?name[]=proca_stats_campaigns")
+    assert "proca_stats_campaigns 0.0" in text
+    assert "proca_stats_sync_runs_total" not in text
+
+
+def test_no_created_series_are_exported(metered: StatsServer) -> None:
+    with StatsClient(f"127.0.0.1:{metered.port}") as client:
+        client.get_stats(1)  # a labelled counter and histogram series exist now
+    assert metered.metrics_port is not None
+    text = exposition(metered.metrics_port)
+    assert 'proca_stats_rpcs_total{code="OK"' in text
+    assert "_created" not in text
+
+
+def test_the_build_info_names_the_installed_version(metered: StatsServer) -> None:
+    assert metered.metrics_port is not None
+    samples = scrape(metered.metrics_port)
+    version = metadata.version("proca-stats")
+    assert samples["proca_stats_build_info", (("version", version),)] == 1
+
+
 def test_sync_metrics(metered: StatsServer) -> None:
     resync(metered)
     port = metered.metrics_port
@@ -76,6 +116,9 @@ def test_sync_metrics(metered: StatsServer) -> None:
     assert samples["proca_stats_sync_duration_seconds_count", ()] >= 2
     since = samples["proca_stats_seconds_since_last_sync", ()]
     assert 0 <= since < 60
+    assert samples["proca_stats_serving", ()] == 1
+    metered.health.enter_graceful_shutdown()
+    assert scrape(metered.metrics_port)["proca_stats_serving", ()] == 0
 
 
 def test_the_campaigns_gauge_counts_the_campaigns_held(metered: StatsServer, db: ProcaData) -> None:
@@ -107,6 +150,7 @@ def test_seconds_since_last_sync_is_nan_before_the_first(
     samples = scrape(server.metrics_port)
     assert math.isnan(samples["proca_stats_seconds_since_last_sync", ()])
     assert samples["proca_stats_sync_failures_total", ()] >= 1
+    assert samples["proca_stats_serving", ()] == 0  # NOT_SERVING: an alert's to see
 
 
 def test_calls_refused_before_a_handler_runs_are_counted(

@@ -50,7 +50,8 @@ def readme_flags() -> set[tuple[str, str]]:
 
 
 def parser_flags() -> set[tuple[str, str]]:
-    """(command, flag) of every option and argument the command line takes, but --help."""
+    """(command, flag) of every option and argument the command line takes, but argparse's
+    own --help and --version."""
     from proca_stats.cli.commands import parser
 
     pairs: set[tuple[str, str]] = set()
@@ -61,7 +62,7 @@ def parser_flags() -> set[tuple[str, str]]:
             if isinstance(action, argparse._SubParsersAction):
                 words = action.choices.items()
                 commands.extend((f"{name} {word}".strip(), sub) for word, sub in words)
-            elif not isinstance(action, argparse._HelpAction):
+            elif not isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
                 flag = action.option_strings[-1] if action.option_strings else action.metavar
                 pairs.add((name, str(flag)))
     return pairs

@@ -3,13 +3,14 @@ real server, and the Layout section, which must name every module of the tree.""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
-from proca_stats.client import DEFAULT_TARGET
+from proca_stats.client import DEFAULT_RETRY, DEFAULT_TARGET
 from proca_stats.server.app import StatsServer
 
 ROOT = Path(__file__).parent.parent
@@ -36,13 +37,13 @@ def test_the_python_client_example_runs(server: StatsServer) -> None:
     try:
         assert example.stdout is not None
         # The watch loop runs until the server shuts down: read up to its first figures.
-        lines = [example.stdout.readline().strip() for _ in range(5)]
+        lines = [example.stdout.readline().strip() for _ in range(6)]
         server.stop(grace=0)
         _, stderr = example.communicate()
     finally:
         watchdog.cancel()
     assert example.returncode == 0, stderr
-    assert lines == ["1 {2: 1}", "1 1", "2 0", "1 1", "1"]
+    assert lines == ["True", "1 {2: 1}", "1 1", "2 0", "1 1", "1"]
 
 
 def layout_entries() -> list[str]:
@@ -87,3 +88,10 @@ def test_every_path_the_layout_names_exists() -> None:
         if not (any(ROOT.glob(entry)) if "*" in entry else (ROOT / entry).exists())
     )
     assert not absent, f"paths in the README's Layout section that the tree lacks: {absent}"
+
+
+def test_the_retry_config_for_other_languages_is_the_python_clients() -> None:
+    section = README.read_text().split("### Retries", 1)[1]
+    found = re.search(r"```json\n(.*?)```", section, re.DOTALL)
+    assert found, "no service config in the README's Retries section"
+    assert json.loads(found.group(1)) == json.loads(DEFAULT_RETRY.service_config())

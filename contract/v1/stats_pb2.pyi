@@ -83,12 +83,19 @@ Global___IncrementRequest: _TypeAlias = IncrementRequest  # noqa: Y015
 class IncrementResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    COUNTED_FIELD_NUMBER: _builtins.int
+    counted: _builtins.bool
+    """True when the action was counted; false when its action_id was counted
+    already (a retried or repeated call), which changes nothing.
+    """
     def __init__(
         self,
+        *,
+        counted: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["counted", b"counted"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -9,13 +9,16 @@ async function main() {
   const [target = '127.0.0.1:50051', campaign = '1'] = process.argv.slice(2);
   const stats = createClient(target);
   try {
-    await stats.increment({
+    const action = {
       campaign_id: campaign,
       org_id: 1,
       action_type: 'signature',
       area: 'DE',
       new_supporter: true,
-    });
+      action_id: `${Date.now()}`, // the stored action's id (actions.id): a repeat counts once
+    };
+    console.log('Increment counted:', await stats.increment(action));
+    console.log('Increment again counted:', await stats.increment(action));
     console.log('GetStats:', await stats.getStats(campaign));
     const [one, again] = await stats.batchGetStats([campaign, campaign]);
     console.log('BatchGetStats:', one.supporters, again.supporters);

@@ -7,7 +7,7 @@
 //
 //   const { createClient } = require('./stats-client');
 //   const stats = createClient('127.0.0.1:50051');
-//   await stats.increment({ campaign_id: 1, org_id: 2, action_type: 'signature', new_supporter: true });
+//   const counted = await stats.increment({ campaign_id: 1, org_id: 2, action_type: 'signature', new_supporter: true });
 //   const figures = await stats.getStats(1);
 //   const watch = stats.watchStats(1, { minIntervalMs: 1000 });
 //   watch.on('data', ({ stats }) => console.log(stats.supporters));
@@ -51,10 +51,12 @@ function createClient(target = '127.0.0.1:50051', { deadlineMs = 5000, credentia
     });
 
   return {
-    /** Count one accepted action: { campaign_id, org_id, action_type, area?, new_supporter }. */
-    increment: async (action) => {
-      await call('Increment', action);
-    },
+    /**
+     * Count one accepted action: { campaign_id, org_id, action_type, area?, new_supporter,
+     * action_id? }. Resolves to true when it counted, false when its action_id had been
+     * counted already.
+     */
+    increment: async (action) => (await call('Increment', action)).counted,
     /** A campaign's figures; an unknown campaign has zeros. */
     getStats: async (campaignId) => (await call('GetStats', { campaign_id: campaignId })).stats,
     /** The figures of 1..1000 campaigns, one entry per id in the order given. */

@@ -45,12 +45,17 @@ def _run_on_pool(servicer: object, method: str, pool: futures.ThreadPoolExecutor
     setattr(servicer, method, behaviour)
 
 
-def _interceptors(config: ServeConfig, metrics: Metrics) -> list[Interceptor]:
-    """Metrics outermost, so refused calls are counted too; then authentication;
-    innermost, tolerant parsing for the services registered without it."""
+def _interceptors(
+    config: ServeConfig, metrics: Metrics, tracing: Interceptor | None
+) -> list[Interceptor]:
+    """Metrics outermost, so refused calls are counted too; tracing, so they are traced
+    too; then authentication; innermost, tolerant parsing for the services registered
+    without it."""
     chain: list[Interceptor] = []
     if config.metrics_listen:
         chain.append(MetricsInterceptor(metrics))
+    if tracing is not None:
+        chain.append(tracing)
     if config.tokens:
         chain.append(
             TokenAuthInterceptor(
@@ -70,12 +75,14 @@ class GrpcServer:
         answers: Answers,
         health_servicer: HealthServicer,
         metrics: Metrics,
+        tracing: Interceptor | None = None,
     ) -> None:
+        """``tracing`` traces the RPCs (tracing.py)."""
         self._grpc = grpc.server(
             futures.ThreadPoolExecutor(
                 max_workers=config.workers, thread_name_prefix="proca-stats-rpc"
             ),
-            interceptors=_interceptors(config, metrics),
+            interceptors=_interceptors(config, metrics, tracing),
             options=[
                 # Without this, a second server on the same port would start silently.
                 ("grpc.so_reuseport", 0),

@@ -55,8 +55,9 @@ class StatsServicer(stats_pb2_grpc.StatsServiceServicer):
         request: stats_pb2.IncrementRequest | MalformedRequest,
         context: grpc.ServicerContext,
     ) -> stats_pb2.IncrementResponse:
-        _answer(self._answers.increment, request, context)
-        return stats_pb2.IncrementResponse()
+        return stats_pb2.IncrementResponse(
+            counted=_answer(self._answers.increment, request, context)
+        )
 
     def GetStats(
         self,

@@ -109,6 +109,12 @@ class HealthServicer:
             statuses={name: Response(status=status) for name, status in statuses.items()}
         )
 
+    def serving(self, service: str) -> bool:
+        """Whether ``service`` is SERVING now."""
+        with self._lock:
+            status = self._statuses.get(service)
+        return bool(status == SERVING)
+
     def set(self, service: str, status: Status) -> None:
         """Set a service's status and tell its watchers; ignored once shutting down."""
         with self._lock:

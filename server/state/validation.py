@@ -6,6 +6,7 @@ ValidationError naming the field, so a bad request can never change a counter.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from proca_stats.contract.v1 import stats_pb2
@@ -16,6 +17,9 @@ MAX_AREA_LENGTH = 32  # supporters.area is varchar(32)
 MAX_BATCH_IDS = 1000  # keeps one BatchGetStats answer well under gRPC's 4 MB message limit
 DEFAULT_WATCH_INTERVAL_MS = 1000
 MIN_WATCH_INTERVAL_MS = 100  # faster than a person reads a counter; protects the server
+# Unicode's control characters (category Cc): never part of an action type or an area. They
+# would reach logs, JSON and widgets as they are; NUL cannot even be stored in PostgreSQL text.
+CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 class ValidationError(ValueError):
@@ -37,8 +41,13 @@ def _text(field: str, value: str, min_length: int, max_length: int) -> str:
         raise ValidationError(
             field, f"must be {min_length}..{max_length} characters, got {len(value)}"
         )
-    if "\x00" in value:
-        raise ValidationError(field, "must not contain NUL characters")
+    control = CONTROL_CHARACTER.search(value)
+    if control:
+        raise ValidationError(
+            field,
+            f"must not contain control characters, got U+{ord(control.group()):04X}"
+            f" at character {control.start()}",
+        )
     return value
 
 

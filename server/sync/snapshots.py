@@ -13,12 +13,13 @@ that a stop can cancel whatever runs on any of them (``cancel``).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, Self, TypeVar
 
 import psycopg
 from psycopg.rows import TupleRow
@@ -46,8 +47,44 @@ A = TypeVar("A")  # the answer about it
 Connection = psycopg.Connection[TupleRow]
 
 
+# How often a wait for a pool connection looks whether the server is stopping: the pool's
+# own wait cannot be interrupted, and a database that refuses connections keeps it waiting.
+TAKE_SLICE = 0.05
+
+
 class RefreshCancelled(Exception):
     """The refresh was cancelled because the server is stopping."""
+
+
+class NoConnection(PoolTimeout):
+    """The pool has no connection and its last attempt to open one failed: the message is
+    that failure (connection refused, say), told at once rather than after waiting for a
+    connection that will not come."""
+
+
+class ConnectFailures:
+    """The last failure of a pool's connection attempts, which the pool itself only logs:
+    a sync that found no connection can then say why (connection refused, a timeout)."""
+
+    def __init__(self) -> None:
+        self.last: psycopg.Error | None = None
+
+    def connection_class(self) -> type[Connection]:
+        """A connection class for the pool whose attempts are remembered here."""
+        failures = self
+
+        class Remembered(psycopg.Connection[TupleRow]):
+            @classmethod
+            def connect(cls, *args: Any, **kwargs: Any) -> Self:
+                try:
+                    conn = super().connect(*args, **kwargs)
+                except psycopg.Error as error:
+                    failures.last = error
+                    raise
+                failures.last = None
+                return conn
+
+        return Remembered
 
 
 @dataclass(frozen=True)
@@ -73,10 +110,17 @@ class Snapshots:
     """Keeps snapshots on pool connections and reads in them, counting the rows read."""
 
     def __init__(
-        self, pool: ConnectionPool, *, connect_timeout: float, timeout: float = 0.0
+        self,
+        pool: ConnectionPool,
+        *,
+        connect_timeout: float,
+        timeout: float = 0.0,
+        failures: ConnectFailures | None = None,
     ) -> None:
-        """``timeout`` (seconds) cancels a query that runs longer (0: never)."""
+        """``timeout`` (seconds) cancels a query that runs longer (0: never); ``failures``
+        are the pool's failed connection attempts, if its connection class records them."""
         self._pool = pool
+        self._failures = failures
         self._connect_timeout = connect_timeout
         self._timeout_ms = round(timeout * 1000)
         self._work: Connection | None = None  # reads in kept snapshots
@@ -205,9 +249,25 @@ class Snapshots:
                 conn.cancel_safe(timeout=1.0)
 
     def _take(self, timeout: float) -> Connection:
-        """A pool connection, held until ``release`` (so that ``cancel`` can reach it)."""
-        self._check_cancelled()
-        conn = self._pool.getconn(timeout=timeout)
+        """A pool connection, held until ``release`` (so that ``cancel`` can reach it).
+
+        PoolTimeout when none comes within ``timeout`` s; NoConnection as soon as the pool
+        has none and its last connection attempt failed. The pool's threads keep trying on
+        their own schedule, so a later call finds the connection once the database is back.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            self._check_cancelled()
+            wait = max(0.001, min(TAKE_SLICE, deadline - time.monotonic()))
+            try:
+                conn = self._pool.getconn(timeout=wait)
+                break
+            except PoolTimeout:
+                failed = self._failures.last if self._failures else None
+                if failed is not None:
+                    raise NoConnection(str(failed)) from None
+                if time.monotonic() >= deadline:
+                    raise
         with self._lock:
             self._held.add(conn)
         return conn

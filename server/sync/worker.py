@@ -12,10 +12,13 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 import psycopg
 
+from proca_stats.server.database_check import cause
 from proca_stats.server.retry import Backoff
 from proca_stats.server.state.counters import Snapshot
 from proca_stats.server.state.handover import Lookup
@@ -41,6 +44,26 @@ class SyncMetrics(Protocol):
     def sync_succeeded(self, seconds: float) -> None: ...
 
     def sync_failed(self) -> None: ...
+
+
+class RunSpan(Protocol):
+    """Where a run says how it ended (a tracing span; tracing.py)."""
+
+    def succeeded(self, **attributes: str | int | float) -> None: ...
+
+    def failed(self, why: str) -> None: ...
+
+
+class _Untraced:
+    def succeeded(self, **attributes: str | int | float) -> None:
+        pass
+
+    def failed(self, why: str) -> None:
+        pass
+
+
+def untraced() -> AbstractContextManager[RunSpan]:
+    return nullcontext(_Untraced())
 
 
 class Requests:
@@ -99,14 +122,17 @@ class SyncWorker:
         increments_before: Callable[[], int] = lambda: 0,
         retry_base: float = 0.5,
         retry_cap: float = 30.0,
+        span: Callable[[], AbstractContextManager[RunSpan]] = untraced,
     ) -> None:
-        """``interval`` is in seconds; 0 calculates once at start (retrying until it succeeds)."""
+        """``interval`` is in seconds; 0 calculates once at start (retrying until it succeeds).
+        ``span()`` surrounds each run (tracing)."""
         self._refresher = refresher
         self._deliver = deliver
         self._metrics = metrics
         self._interval = interval
         self._increments_before = increments_before
         self._retry = Backoff(retry_base, retry_cap)
+        self._span = span
         self._requests = Requests()
         self._thread = threading.Thread(target=self._run, name="proca-stats-sync", daemon=True)
 
@@ -138,17 +164,26 @@ class SyncWorker:
     def _run(self) -> None:
         delay: float | None = 0
         while self._requests.wait(delay):
-            if self._attempt():
+            with self._span() as span:
+                failure = self._attempt(span)
+            if failure is None:
                 self._retry.succeeded()
                 delay = self._interval or None  # None: only when requested
             elif self._requests.stopping:
                 break
             else:
                 delay = self._retry.failed()
-                log.warning("keeping the last figures; next try in %.1f s", delay)
+                at = datetime.now(UTC) + timedelta(seconds=delay)
+                # One line per attempt, whatever failed: the pool's own lines are silenced.
+                log.warning(
+                    "sync failed: %s; keeping the last figures, next try in %.1f s (%s)",
+                    failure,
+                    delay,
+                    at.strftime("%H:%M:%S UTC"),
+                )
 
-    def _attempt(self) -> bool:
-        """Run one refresh and deliver it; False when it failed."""
+    def _attempt(self, span: RunSpan) -> str | None:
+        """Run one refresh and deliver it; why it failed, or None when it succeeded."""
         full = self._requests.take_full()
         self._metrics.sync_started()
         try:
@@ -160,20 +195,26 @@ class SyncWorker:
         except Exception as error:
             self._refresher.abandon()
             if self._requests.stopping and isinstance(
-                error, (RefreshCancelled, psycopg.errors.QueryCanceled, psycopg.OperationalError)
+                error,
+                (
+                    RefreshCancelled,
+                    psycopg.errors.QueryCanceled,
+                    psycopg.OperationalError,
+                ),
             ):
                 log.info("sync: the running refresh was cancelled, the server is stopping")
-                return False
-            if isinstance(error, psycopg.errors.QueryCanceled):
-                log.warning("sync failed: a query ran past --sync-timeout and was cancelled")
-            elif isinstance(error, psycopg.Error):
-                log.warning("sync failed: database error: %s", str(error).strip())
-            else:
-                # A bug must not end the thread: the figures would silently freeze.
-                log.exception("sync failed: unexpected error")
+                return "cancelled"
             self._metrics.sync_failed()
-            return False
+            failure = self._failure(error)
+            span.failed(failure)
+            return failure
         self._metrics.sync_succeeded(report.seconds)
+        span.succeeded(
+            kind=report.kind,
+            campaigns=len(snapshot.campaigns),
+            rows_read=report.rows_read,
+            seconds=report.seconds,
+        )
         log.info(
             "sync: %s refresh, %d campaigns in %.3f s, %d rows read (snapshot %s; %d actions "
             "and %d supporters changed, %d keys, %d campaigns recounted)",
@@ -187,4 +228,15 @@ class SyncWorker:
             report.keys,
             report.recounted,
         )
-        return True
+        return None
+
+    @staticmethod
+    def _failure(error: Exception) -> str:
+        """Why a run failed, in words for the log."""
+        if isinstance(error, psycopg.errors.QueryCanceled):
+            return "a query ran past --sync-timeout and was cancelled"
+        if isinstance(error, psycopg.Error):  # NoConnection too: a PoolTimeout
+            return f"database error: {cause(error)}"
+        # A bug must not end the thread: the figures would silently freeze.
+        log.exception("sync failed: unexpected error")
+        return "unexpected error (the traceback is above)"

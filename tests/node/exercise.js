@@ -48,13 +48,15 @@ async function main() {
     watch.on('error', (error) => watchErrors.push(error.code));
     out.watchFirst = await nextMessage(watch);
 
-    await stats.increment({
+    const action = {
       campaign_id: campaign,
       org_id: '7',
       action_type: 'signature',
       area: 'DE',
       new_supporter: true,
-    });
+      action_id: '71',
+    };
+    out.counted = [await stats.increment(action), await stats.increment(action)];
     out.watchAfterIncrement = await nextMessage(watch);
     out.getStats = await stats.getStats(campaign);
     out.batchGetStats = await stats.batchGetStats([campaign, '404', campaign]);
