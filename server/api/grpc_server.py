@@ -10,7 +10,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from proca_stats.server.api.answers import Answers
-from proca_stats.server.api.auth import TokenAuthInterceptor, read_methods
+from proca_stats.server.api.auth import TokenAuthInterceptor, Tokens
 from proca_stats.server.api.grpc_service import (
     ANSWERED_WITH_BYTES,
     SERVICE,
@@ -45,18 +45,14 @@ def _run_on_pool(servicer: object, method: str, pool: futures.ThreadPoolExecutor
     setattr(servicer, method, behaviour)
 
 
-def _interceptors(config: ServeConfig, metrics: Metrics) -> list[Interceptor]:
+def _interceptors(config: ServeConfig, tokens: Tokens, metrics: Metrics) -> list[Interceptor]:
     """Metrics outermost, so refused calls are counted too; then authentication;
     innermost, tolerant parsing for the services registered without it."""
     chain: list[Interceptor] = []
     if config.metrics_listen:
         chain.append(MetricsInterceptor(metrics))
     if config.tokens:
-        chain.append(
-            TokenAuthInterceptor(
-                config.tokens, read_methods(SERVICE), protect_reads=config.protect_reads
-            )
-        )
+        chain.append(TokenAuthInterceptor(tokens))
     chain.append(MalformedRequests())
     return chain
 
@@ -68,6 +64,7 @@ class GrpcServer:
         self,
         config: ServeConfig,
         answers: Answers,
+        tokens: Tokens,
         health_servicer: HealthServicer,
         metrics: Metrics,
     ) -> None:
@@ -75,7 +72,7 @@ class GrpcServer:
             futures.ThreadPoolExecutor(
                 max_workers=config.workers, thread_name_prefix="proca-stats-rpc"
             ),
-            interceptors=_interceptors(config, metrics),
+            interceptors=_interceptors(config, tokens, metrics),
             options=[
                 # Without this, a second server on the same port would start silently.
                 ("grpc.so_reuseport", 0),

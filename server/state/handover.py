@@ -68,7 +68,9 @@ def swap_in(store: StatsStore, snapshot: Snapshot, seen_by_snapshot: Lookup) -> 
                 )
                 reapplied.append(arrival)
         remembered = frozenset(confirmed | {_action_id(a) for a in reapplied})
-        replacement = Replacement(campaigns, snapshot.taken_at, upto, remembered, reapplied)
+        replacement = Replacement(
+            campaigns, snapshot.taken_at, upto, remembered, reapplied, snapshot.pages
+        )
         if store.replace_if_current(replacement):
             return len(reapplied)
         seq = upto

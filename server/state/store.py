@@ -71,6 +71,7 @@ class Replacement:
     upto: int
     remembered: frozenset[int] = frozenset()
     carried: list[Arrival] = field(default_factory=list)
+    pages: Mapping[int, int] = field(default_factory=dict)  # action page id → campaign id
 
 
 class StatsStore:
@@ -94,6 +95,7 @@ class StatsStore:
         self._listener = listener
         self._lock = threading.Lock()
         self._campaigns: dict[int, CampaignCounters] = {}
+        self._pages: Mapping[int, int] = {}  # action page id → campaign id, of the snapshot
         self._synced_at: datetime | None = None
         self._known: OrderedDict[int, None] = OrderedDict()  # ids that must not count again
         self._log: list[Arrival] = []  # Increments with an action id since the last swap
@@ -163,6 +165,15 @@ class StatsStore:
         with self._lock:
             return self._campaigns.get(campaign_id, NO_COUNTERS), self._synced_at
 
+    def get_by_page(self, page_id: int) -> tuple[int | None, CampaignCounters, datetime | None]:
+        """The campaign of an action page (None when no page has that id), its counters
+        and when their snapshot was taken, all as of the same swap."""
+        with self._lock:
+            campaign_id = self._pages.get(page_id)
+            if campaign_id is None:
+                return None, NO_COUNTERS, self._synced_at
+            return campaign_id, self._campaigns.get(campaign_id, NO_COUNTERS), self._synced_at
+
     def get_many(
         self, campaign_ids: Iterable[int]
     ) -> tuple[list[CampaignCounters], datetime | None]:
@@ -186,6 +197,7 @@ class StatsStore:
                 return False
             old = self._campaigns
             self._campaigns = new.campaigns
+            self._pages = new.pages
             self._synced_at = new.taken_at
             self._known = known
             self._carried = new.carried
