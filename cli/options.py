@@ -45,6 +45,10 @@ def _add(parser: argparse.ArgumentParser, setting: Setting[Any], default: Any = 
     text = help_text(setting).replace("%", "%%")  # argparse formats help with %
     if setting.positional:
         parser.add_argument(setting.dest, metavar=setting.flag, help=text)
+    elif setting.repeatable:  # given again, it adds a value
+        parser.add_argument(
+            setting.flag, metavar=setting.metavar, action="append", default=default, help=text
+        )
     elif setting.switch:  # given, it reads as "1", as its variable would
         parser.add_argument(
             setting.flag, action="store_const", const="1", default=default, help=text

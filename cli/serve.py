@@ -65,11 +65,11 @@ def _tls(args: argparse.Namespace) -> TlsKeys | None:
     return read_tls(*pair, Path(args.tls_client_ca) if args.tls_client_ca else None)
 
 
-def check_exposure(host: str, tls: TlsKeys | None, insecure: bool) -> None:
+def check_exposure(host: str, tls: TlsKeys | None, insecure: bool, flag: str = "--listen") -> None:
     """Plaintext is for loopback only, unless the operator says --insecure on purpose."""
     if tls is None and not insecure and not is_loopback(host):
         raise ConfigError(
-            f"--listen: {host} is reachable from other machines; "
+            f"{flag}: {host} is reachable from other machines; "
             "give --tls-cert and --tls-key, or --insecure to serve plaintext anyway"
         )
 
@@ -87,6 +87,11 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
     check_exposure(host, tls, args.insecure)
     if args.protect_reads and not args.token_file:
         raise ConfigError("--protect-reads: needs --token-file")
+    http = parse_listen(args.http_listen, "--http-listen") if args.http_listen else None
+    if http is not None:
+        check_exposure(http[0], tls, args.insecure, "--http-listen")
+    elif args.cors_origin:
+        raise ConfigError("--cors-origin: needs --http-listen")
     given = {s.field: getattr(args, s.dest) for s in args.settings if s.field}
     config = ServeConfig(
         **{name: value for name, value in given.items() if name not in CAPS},
@@ -95,6 +100,8 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         tokens=load_tokens(Path(args.token_file)) if args.token_file else (),
     )
     check_can_listen(host, port)
+    if http is not None:
+        check_can_listen(*http, "--http-listen")
     return config
 
 
@@ -158,6 +165,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
         server.port,
         version(),
     )
+    if server.http is not None:
+        log.info("serving it over HTTP on %s (port %d)", config.http_listen, server.http.port)
     trickle = start_trickle(config, database_url, server.port) if args.demo else None
     signals.stopping.wait()
     log.info("stopping: finishing in-flight RPCs (up to %g s)", args.grace)

@@ -1,7 +1,7 @@
 """A running proca-stats: its parts built, wired together, started and stopped together.
 
-Only wiring lives here: the store and its watchers (state), the answers and the
-gRPC port (api), the refresher and its thread (sync), the fan-out between
+Only wiring lives here: the store and its watchers (state), the answers, the
+gRPC port and the HTTP port (api), the refresher and its thread (sync), the fan-out between
 replicas, and the metrics they all report to.
 """
 
@@ -14,9 +14,14 @@ from concurrent import futures
 from psycopg_pool import ConnectionPool
 
 from proca_stats.server.api.answers import Answers
+from proca_stats.server.api.auth import Tokens, read_methods
 from proca_stats.server.api.grpc_server import BindError, GrpcServer
 from proca_stats.server.api.grpc_service import SERVICE
 from proca_stats.server.api.health import FANOUT_SERVICE, READY_SERVICES, HealthServicer
+from proca_stats.server.api.web import front as web_front
+from proca_stats.server.api.web.connect import ConnectStats, StatsApplication
+from proca_stats.server.api.web.counting import HttpCalls
+from proca_stats.server.api.web.serving import HttpServer
 from proca_stats.server.checks import parse_listen
 from proca_stats.server.database import connection_options
 from proca_stats.server.fanout.replicas import Fanout
@@ -125,17 +130,47 @@ class StatsServer:
         self.answers = Answers(
             self.store, self.watchers, self.fanout.publish if self.fanout else None
         )
+        self.tokens = Tokens(
+            config.tokens, read_methods(SERVICE), protect_reads=config.protect_reads
+        )
         self._grpc = GrpcServer(
             config,
             self.answers,
+            self.tokens,
             self.health,
             self.metrics,
             tracing.interceptor() if tracing else None,
         )
         self.port = self._grpc.port
+        self._stopping = False
+        self.http = self._http(config) if config.http_listen else None
         self.metrics_port: int | None = None
         self._metrics_listen = config.metrics_listen
         self._connect_timeout = config.connect_timeout
+
+    def _http(self, config: ServeConfig) -> HttpServer:
+        """The web face, bound now, on the same answers, tokens and caps as gRPC."""
+        assert config.http_listen is not None
+        max_bytes = config.limits.max_request_bytes
+        stats = ConnectStats(
+            self.answers, max_age=config.http_max_age, private=config.protect_reads
+        )
+        calls = HttpCalls(self.metrics if config.metrics_listen else None, SERVICE)
+        front = web_front.Front(
+            StatsApplication(stats, self.tokens, max_bytes, calls),
+            ready=lambda: self.store.synced_at is not None and not self._stopping,
+            cors=web_front.Cors(config.cors_origins),
+            max_request_bytes=max_bytes,
+            timeouts=config.http_timeouts,
+            calls=calls,
+        )
+        host, port = parse_listen(config.http_listen, "--http-listen")
+        try:
+            return HttpServer(front, host, port, config.tls, config.http_timeouts)
+        except OSError as error:
+            raise BindError(
+                f"--http-listen: cannot listen on {config.http_listen}: {error.strerror}"
+            ) from None
 
     def start(self) -> None:
         """Serve at once; figures come when the first calculation succeeds."""
@@ -148,6 +183,8 @@ class StatsServer:
                     f"--metrics-listen: cannot listen on {self._metrics_listen}: {error.strerror}"
                 ) from None
         self._grpc.start()
+        if self.http is not None:
+            self.http.start()
         self._pool.open(wait=False)
         if self.fanout is not None:
             self.fanout.start(wait=self._connect_timeout + 1)
@@ -157,9 +194,14 @@ class StatsServer:
     def stop(self, grace: float | None = None) -> None:
         """Say NOT_SERVING, end watch streams, let other in-flight RPCs finish within
         ``grace`` s, then stop the rest."""
+        self._stopping = True
         self.health.enter_graceful_shutdown()
         self.watchers.close()
+        if self.http is not None:
+            self.http.shutdown(grace)
         self._grpc.stop(grace)
+        if self.http is not None:
+            self.http.join()
         if self.fanout is not None:
             self.fanout.stop()
         self.late.stop()

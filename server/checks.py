@@ -71,7 +71,7 @@ def parse_target(flag: str, text: str) -> str:
     return text
 
 
-def check_can_listen(host: str, port: int) -> None:
+def check_can_listen(host: str, port: int, flag: str = "--listen") -> None:
     """Fail early, with the system's reason, when HOST:PORT cannot be bound.
 
     gRPC would find out too, but only after printing a core log line that
@@ -85,7 +85,25 @@ def check_can_listen(host: str, port: int) -> None:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind(address)
     except OSError as error:
-        raise ConfigError(f"--listen: cannot listen on {host}:{port}: {error.strerror}") from None
+        raise ConfigError(f"{flag}: cannot listen on {host}:{port}: {error.strerror}") from None
+
+
+ORIGIN = re.compile(r"https?://(?:[a-z0-9.-]+|\[[0-9a-f:.]+\])(?::(?P<port>[0-9]{1,5}))?")
+
+
+def parse_origins(flag: str, text: str) -> tuple[str, ...]:
+    """Web origins (scheme://host[:port], as browsers send them) or *, comma-separated."""
+    origins = []
+    for value in filter(str.strip, text.split(",")):
+        origin = value.strip().rstrip("/").lower()
+        found = ORIGIN.fullmatch(origin)
+        if origin != "*" and not (found and int(found["port"] or 0) <= 65535):
+            raise ConfigError(
+                f"{flag}: expected an origin such as https://campaign.example.org "
+                f"or http://127.0.0.1:8000, or *, got {value.strip()!r}"
+            )
+        origins.append(origin)
+    return tuple(origins)
 
 
 def is_loopback(host: str) -> bool:

@@ -90,25 +90,27 @@ class Metrics:
         self._http: WSGIServer | None = None
         self._last_success: float | None = None
         self._lock = threading.Lock()
+        # Every port's calls, told apart by ``protocol``: grpc (the gRPC port, and gRPC on
+        # the HTTP port), connect or grpc-web (the HTTP port).
         self.rpcs_started = Counter(
             "proca_stats_rpcs_started",
-            "RPCs received, by method, counted before the request is read: those gRPC "
-            "refuses before a handler runs (request too large, say) are started but not "
-            "answered below",
-            ["method"],
+            "RPCs received, by method and protocol, counted before the request is read: "
+            "those refused before a handler runs (request too large, say) are started but "
+            "not answered below",
+            ["method", "protocol"],
             registry=self.registry,
         )
         self.rpcs = Counter(
             "proca_stats_rpcs",
-            "RPCs answered, by method and status code (an unknown method: method "
+            "RPCs answered, by method, status code and protocol (an unknown method: method "
             '"unknown", code UNIMPLEMENTED)',
-            ["method", "code"],
+            ["method", "code", "protocol"],
             registry=self.registry,
         )
         self.rpc_seconds = Histogram(
             "proca_stats_rpc_duration_seconds",
-            "Time to answer a unary RPC, by method",
-            ["method"],
+            "Time to answer a unary RPC, by method and protocol",
+            ["method", "protocol"],
             buckets=RPC_BUCKETS,
             registry=self.registry,
         )

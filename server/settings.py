@@ -34,6 +34,7 @@ from proca_stats.server.checks import (
     parse_count,
     parse_int64,
     parse_milliseconds,
+    parse_origins,
     parse_path,
     parse_seconds,
     parse_switch,
@@ -53,6 +54,7 @@ CALLS = ("get", "increment", "health")  # the client commands: they call a runni
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LIMITS = Limits()
+NO_ORIGINS: tuple[str, ...] = ()  # no page may read over HTTP
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,9 @@ class Setting(Generic[T]):
     required: bool = False
     shown_default: str | None = None  # when the value is the machine's or another flag's
     field: str | None = None  # the ServeConfig (or Limits) field it fills
+    # Given more than once, its values add up; they reach ``parse`` as one comma-separated
+    # text, as its variable holds them.
+    repeatable: bool = False
 
     @property
     def dest(self) -> str:
@@ -95,13 +100,16 @@ class Setting(Generic[T]):
         """The environment variables it is read from, the first set one winning."""
         return (self.env, *self.aliases) if self.env else ()
 
-    def value(self, given: str | None) -> T:
-        """Its value: ``given`` on the command line (a switch's flag gives "1"), else the
-        first of its variables that is set and not empty, else the default.
+    def value(self, given: str | list[str] | None) -> T:
+        """Its value: ``given`` on the command line (a switch's flag gives "1"; a repeatable
+        one's flags, a list), else the first of its variables that is set and not empty,
+        else the default.
 
         A mistake is reported under the flag; a switch's, whose flag holds no text, under
         the variable.
         """
+        if isinstance(given, list):
+            given = ",".join(given)
         if given is not None:
             return self.parse(self.flag, given)
         for name in self.variables:
@@ -228,6 +236,21 @@ SETTINGS: tuple[Setting[Any], ...] = (
             default=1000, parse=partial(parse_count, minimum=0), field="max_watchers",
             help="how many `WatchStats` streams may be open at once (each holds a thread); "
             "`0` refuses them all"),
+    HTTP_LISTEN := Setting(
+            "--http-listen", SERVE, metavar="HOST:PORT", env="PROCA_STATS_HTTP_LISTEN",
+            default=None, parse=parse_address_or_none, field="http_listen",
+            help="also serve StatsService over HTTP/1.1 and HTTP/2 (Connect, gRPC-Web; see "
+            "`docs/web.md`); a non-loopback address needs TLS or `--insecure`"),
+    HTTP_MAX_AGE := Setting(
+            "--http-max-age", SERVE, metavar="SECONDS", env="PROCA_STATS_HTTP_MAX_AGE",
+            default=5, unit="s", field="http_max_age",
+            parse=partial(parse_count, minimum=0, unit="seconds", maximum=INT32_MAX),
+            help="how long a GET answer of the HTTP port may be cached"),
+    CORS_ORIGINS := Setting(
+            "--cors-origin", SERVE, metavar="ORIGIN", env="PROCA_STATS_CORS_ORIGINS",
+            default=NO_ORIGINS, parse=parse_origins, repeatable=True, field="cors_origins",
+            help="an origin whose pages may read over HTTP (`https://campaign.example.org`), "
+            "or `*`; repeatable, or comma-separated; writes are never allowed from browsers"),
     Setting("--grace", SERVE, metavar="SECONDS", default=10.0, unit="s", parse=parse_wait,
             help="how long in-flight RPCs may finish after SIGTERM/SIGINT "
             "(a second signal exits at once)"),
@@ -273,6 +296,19 @@ SETTINGS: tuple[Setting[Any], ...] = (
 
 
 @dataclass(frozen=True)
+class HttpTimeouts:
+    """Seconds a client of the HTTP port may make the server wait, so that slow or
+    vanished clients cannot hold connections, tasks or watcher places.
+
+    Not settings: the defaults suit browsers and CDNs; tests shorten them.
+    """
+
+    idle: float = 10.0  # a connection with no request, or whose request head is incomplete
+    body: float = 10.0  # to send a request's body
+    write: float = 30.0  # to take each message sent (a stream's reader that takes none: dropped)
+
+
+@dataclass(frozen=True)
 class TlsKeys:
     """PEM contents, read when the settings are checked, so that a wrong path ends the
     command before anything (an embedded PostgreSQL, say) has started."""
@@ -307,6 +343,10 @@ class ServeConfig:
     fanout: bool = FANOUT.default  # share Increments with other replicas through LISTEN/NOTIFY
     fanout_channel: str = FANOUT_CHANNEL.default
     sync_database_url: str | None = SYNC_DATABASE_URL.default  # None: the one it listens on
+    http_listen: str | None = HTTP_LISTEN.default  # the web face on HOST:PORT; None: off
+    http_max_age: int = HTTP_MAX_AGE.default
+    cors_origins: tuple[str, ...] = CORS_ORIGINS.default  # pages that may read; "*": any
+    http_timeouts: HttpTimeouts = HttpTimeouts()
 
 
 def plain(markdown: str) -> str:
@@ -316,10 +356,10 @@ def plain(markdown: str) -> str:
 
 
 def _value(setting: Setting[Any], code: str = "") -> str | None:
-    """The default with its unit (the value in ``code`` marks), unless it is None or a
-    switch's off."""
+    """The default with its unit (the value in ``code`` marks), unless it is None, empty
+    (a repeatable setting given nowhere) or a switch's off."""
     value = setting.default
-    if value is None or setting.switch:
+    if value is None or value == () or setting.switch:
         return None
     text = code + (f"{value:g}" if isinstance(value, float) else str(value)) + code
     return f"{text} {setting.unit}" if setting.unit else text

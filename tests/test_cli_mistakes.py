@@ -84,13 +84,14 @@ def test_other_mistakes_are_reported_while_the_port_is_taken() -> None:
     assert_one_line_error(done, "--sync-interval: must be >= 0")
 
 
-def test_port_in_use_ends_with_one_line(database_url: str) -> None:
+@pytest.mark.parametrize("flag", ["--listen", "--http-listen"])
+def test_port_in_use_ends_with_one_line(flag: str, database_url: str) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        done = run_cli("serve", "--listen", f"127.0.0.1:{port}", "--database-url", database_url)
-    assert_one_line_error(done, f"cannot listen on 127.0.0.1:{port}")
+        done = run_cli("serve", flag, f"127.0.0.1:{port}", "--database-url", database_url)
+    assert_one_line_error(done, f"{flag}: cannot listen on 127.0.0.1:{port}")
 
 
 @pytest.mark.parametrize(
@@ -109,6 +110,14 @@ def test_port_in_use_ends_with_one_line(database_url: str) -> None:
         (("--fanout-channel", "a-b"), ("--fanout-channel: expected a PostgreSQL identifier",)),
         (("--fanout-channel", "c" * 64), ("--fanout-channel: expected a PostgreSQL identifier",)),
         (("--sync-database-url", "not a url"), ("--sync-database-url: not a PostgreSQL URL",)),
+        (("--http-listen", "nowhere"), ("--http-listen: expected HOST:PORT",)),
+        (("--http-listen", "0.0.0.0:0"), ("--http-listen: 0.0.0.0 is reachable", "--insecure")),
+        (("--http-max-age", "-1"), ("--http-max-age: must be >= 0",)),
+        (("--cors-origin", "http://127.0.0.1:8000"), ("--cors-origin: needs --http-listen",)),
+        (
+            ("--http-listen", "127.0.0.1:0", "--cors-origin", "*", "--cors-origin", "example.org"),
+            ("--cors-origin: expected an origin", "'example.org'"),
+        ),
     ],
 )
 def test_serve_mistakes_end_with_one_line(

@@ -49,7 +49,14 @@ def test_serve_config_takes_its_defaults_from_the_table() -> None:
         assert getattr(holder, field) == setting.default, setting.flag
     assert len(filled) == len([s for s in SETTINGS if s.field])  # one setting per field
     # The other fields are read from files settings name, or are not settings at all.
-    assert fields - set(filled) == {"tls", "tokens", "limits", "workers", "connect_timeout"}
+    assert fields - set(filled) == {
+        "tls",
+        "tokens",
+        "limits",
+        "workers",
+        "connect_timeout",
+        "http_timeouts",
+    }
 
 
 @pytest.mark.parametrize("command", [command.name for command in COMMANDS])
@@ -164,3 +171,15 @@ def test_log_level_is_taken_before_and_after_the_command(
 def test_log_level_is_taken_in_any_case(given: str, no_variables: pytest.MonkeyPatch) -> None:
     assert parse(("--log-level", given, "dump")).log_level == "DEBUG"
     assert parse(("dump", "--log-level", given.swapcase())).log_level == "DEBUG"
+
+
+def test_a_repeatable_setting_adds_up_its_flags_or_reads_its_variable_comma_separated(
+    no_variables: pytest.MonkeyPatch,
+) -> None:
+    page, other = "http://127.0.0.1:8000", "https://campaign.example.org"
+    assert parse(("serve",)).cors_origin == ()
+    flags = ("serve", "--cors-origin", page, "--cors-origin", f"{other}/")
+    assert parse(flags).cors_origin == (page, other)
+    no_variables.setenv("PROCA_STATS_CORS_ORIGINS", f"{other}, *,")
+    assert parse(("serve",)).cors_origin == (other, "*")
+    assert parse(("serve", "--cors-origin", page)).cors_origin == (page,)  # the flag wins

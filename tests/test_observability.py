@@ -23,6 +23,7 @@ from tests.support.waiting import wait_for
 
 GET_STATS = "proca.stats.v1.StatsService/GetStats"
 INCREMENT = "proca.stats.v1.StatsService/Increment"
+GRPC = ("protocol", "grpc")  # the gRPC port's calls (labels sorted: code, method, protocol)
 
 
 def exposition(port: int, path: str = "/metrics") -> str:
@@ -56,13 +57,11 @@ def test_rpcs_are_counted_by_method_and_code_and_timed(metered: StatsServer) -> 
             client.get_stats(0)
     assert metered.metrics_port is not None
     samples = scrape(metered.metrics_port)
-    assert samples["proca_stats_rpcs_total", (("code", "OK"), ("method", GET_STATS))] == 3
-    assert samples["proca_stats_rpcs_total", (("code", "OK"), ("method", INCREMENT))] == 1
-    assert (
-        samples["proca_stats_rpcs_total", (("code", "INVALID_ARGUMENT"), ("method", GET_STATS))]
-        == 1
-    )
-    assert samples["proca_stats_rpc_duration_seconds_count", (("method", GET_STATS),)] == 4
+    assert samples["proca_stats_rpcs_total", (("code", "OK"), ("method", GET_STATS), GRPC)] == 3
+    assert samples["proca_stats_rpcs_total", (("code", "OK"), ("method", INCREMENT), GRPC)] == 1
+    refused = (("code", "INVALID_ARGUMENT"), ("method", GET_STATS), GRPC)
+    assert samples["proca_stats_rpcs_total", refused] == 1
+    assert samples["proca_stats_rpc_duration_seconds_count", (("method", GET_STATS), GRPC)] == 4
     assert all(name.startswith("proca_stats_") for name, _ in samples)
 
 
@@ -171,9 +170,9 @@ def test_calls_refused_before_a_handler_runs_are_counted(
     assert server.metrics_port is not None
     samples = scrape(server.metrics_port)
     # Too large: gRPC refuses it before any handler, so it is started but never answered.
-    assert samples["proca_stats_rpcs_started_total", (("method", GET_STATS),)] == 1
-    assert ("proca_stats_rpcs_total", (("code", "OK"), ("method", GET_STATS))) not in samples
-    unknown = (("code", "UNIMPLEMENTED"), ("method", "unknown"))
+    assert samples["proca_stats_rpcs_started_total", (("method", GET_STATS), GRPC)] == 1
+    assert ("proca_stats_rpcs_total", (("code", "OK"), ("method", GET_STATS), GRPC)) not in samples
+    unknown = (("code", "UNIMPLEMENTED"), ("method", "unknown"), GRPC)
     assert samples["proca_stats_rpcs_total", unknown] == 1
 
 

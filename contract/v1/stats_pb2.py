@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aproca/stats/v1/stats.proto\x12\x0eproca.stats.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa5\x01\n\x10IncrementRequest\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\x03\x12\x0e\n\x06org_id\x18\x02 \x01(\x03\x12\x13\n\x0b\x61\x63tion_type\x18\x03 \x01(\t\x12\x11\n\x04\x61rea\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x15\n\rnew_supporter\x18\x05 \x01(\x08\x12\x16\n\taction_id\x18\x06 \x01(\x03H\x01\x88\x01\x01\x42\x07\n\x05_areaB\x0c\n\n_action_id\"$\n\x11IncrementResponse\x12\x0f\n\x07\x63ounted\x18\x01 \x01(\x08\"&\n\x0fGetStatsRequest\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\x03\"@\n\x10GetStatsResponse\x12,\n\x05stats\x18\x01 \x01(\x0b\x32\x1d.proca.stats.v1.CampaignStats\",\n\x14\x42\x61tchGetStatsRequest\x12\x14\n\x0c\x63\x61mpaign_ids\x18\x01 \x03(\x03\"E\n\x15\x42\x61tchGetStatsResponse\x12,\n\x05stats\x18\x01 \x03(\x0b\x32\x1d.proca.stats.v1.CampaignStats\"A\n\x11WatchStatsRequest\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\x03\x12\x17\n\x0fmin_interval_ms\x18\x02 \x01(\x05\"B\n\x12WatchStatsResponse\x12,\n\x05stats\x18\x01 \x01(\x0b\x32\x1d.proca.stats.v1.CampaignStats\"\xf9\x03\n\rCampaignStats\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\x03\x12\x12\n\nsupporters\x18\x02 \x01(\x03\x12I\n\x0f\x61\x63tions_by_type\x18\x03 \x03(\x0b\x32\x30.proca.stats.v1.CampaignStats.ActionsByTypeEntry\x12O\n\x12supporters_by_area\x18\x04 \x03(\x0b\x32\x33.proca.stats.v1.CampaignStats.SupportersByAreaEntry\x12M\n\x11supporters_by_org\x18\x05 \x03(\x0b\x32\x32.proca.stats.v1.CampaignStats.SupportersByOrgEntry\x12-\n\tsynced_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a\x34\n\x12\x41\x63tionsByTypeEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a\x37\n\x15SupportersByAreaEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a\x36\n\x14SupportersByOrgEntry\x12\x0b\n\x03key\x18\x01 \x01(\x03\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x32\xf3\x02\n\x0cStatsService\x12P\n\tIncrement\x12 .proca.stats.v1.IncrementRequest\x1a!.proca.stats.v1.IncrementResponse\x12R\n\x08GetStats\x12\x1f.proca.stats.v1.GetStatsRequest\x1a .proca.stats.v1.GetStatsResponse\"\x03\x90\x02\x01\x12\x61\n\rBatchGetStats\x12$.proca.stats.v1.BatchGetStatsRequest\x1a%.proca.stats.v1.BatchGetStatsResponse\"\x03\x90\x02\x01\x12Z\n\nWatchStats\x12!.proca.stats.v1.WatchStatsRequest\x1a\".proca.stats.v1.WatchStatsResponse\"\x03\x90\x02\x01\x30\x01\x42\xa3\x01\n\x12org.proca.stats.v1B\nStatsProtoP\x01ZDgithub.com/fixthestatusquo/proca-stats/gen/go/proca/stats/v1;statsv1\xa2\x02\x03PSX\xaa\x02\x0eProca.Stats.V1\xca\x02\x0eProca\\Stats\\V1\xea\x02\x10Proca::Stats::V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aproca/stats/v1/stats.proto\x12\x0eproca.stats.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa5\x01\n\x10IncrementRequest\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\x03\x12\x0e\n\x06org_id\x18\x02 \x01(\x03\x12\x13\n\x0b\x61\x63tion_type\x18\x03 \x01(\t\x12\x11\n\x04\x61rea\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x15\n\rnew_supporter\x18\x05 \x01(\x08\x12\x16\n\taction_id\x18\x06 \x01(\x03H\x01\x88\x01\x01\x42\x07\n\x05_areaB\x0c\n\n_action_id\"$\n\x11IncrementResponse\x12\x0f\n\x07\x63ounted\x18\x01 \x01(\x08\">\n\x0fGetStatsRequest\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\x03\x12\x16\n\x0e\x61\x63tion_page_id\x18\x02 \x01(\x03\"@\n\x10GetStatsResponse\x12,\n\x05stats\x18\x01 \x01(\x0b\x32\x1d.proca.stats.v1.CampaignStats\",\n\x14\x42\x61tchGetStatsRequest\x12\x14\n\x0c\x63\x61mpaign_ids\x18\x01 \x03(\x03\"E\n\x15\x42\x61tchGetStatsResponse\x12,\n\x05stats\x18\x01 \x03(\x0b\x32\x1d.proca.stats.v1.CampaignStats\"A\n\x11WatchStatsRequest\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\x03\x12\x17\n\x0fmin_interval_ms\x18\x02 \x01(\x05\"B\n\x12WatchStatsResponse\x12,\n\x05stats\x18\x01 \x01(\x0b\x32\x1d.proca.stats.v1.CampaignStats\"\xf9\x03\n\rCampaignStats\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\x03\x12\x12\n\nsupporters\x18\x02 \x01(\x03\x12I\n\x0f\x61\x63tions_by_type\x18\x03 \x03(\x0b\x32\x30.proca.stats.v1.CampaignStats.ActionsByTypeEntry\x12O\n\x12supporters_by_area\x18\x04 \x03(\x0b\x32\x33.proca.stats.v1.CampaignStats.SupportersByAreaEntry\x12M\n\x11supporters_by_org\x18\x05 \x03(\x0b\x32\x32.proca.stats.v1.CampaignStats.SupportersByOrgEntry\x12-\n\tsynced_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a\x34\n\x12\x41\x63tionsByTypeEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a\x37\n\x15SupportersByAreaEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a\x36\n\x14SupportersByOrgEntry\x12\x0b\n\x03key\x18\x01 \x01(\x03\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x32\xf3\x02\n\x0cStatsService\x12P\n\tIncrement\x12 .proca.stats.v1.IncrementRequest\x1a!.proca.stats.v1.IncrementResponse\x12R\n\x08GetStats\x12\x1f.proca.stats.v1.GetStatsRequest\x1a .proca.stats.v1.GetStatsResponse\"\x03\x90\x02\x01\x12\x61\n\rBatchGetStats\x12$.proca.stats.v1.BatchGetStatsRequest\x1a%.proca.stats.v1.BatchGetStatsResponse\"\x03\x90\x02\x01\x12Z\n\nWatchStats\x12!.proca.stats.v1.WatchStatsRequest\x1a\".proca.stats.v1.WatchStatsResponse\"\x03\x90\x02\x01\x30\x01\x42\xa3\x01\n\x12org.proca.stats.v1B\nStatsProtoP\x01ZDgithub.com/fixthestatusquo/proca-stats/gen/go/proca/stats/v1;statsv1\xa2\x02\x03PSX\xaa\x02\x0eProca.Stats.V1\xca\x02\x0eProca\\Stats\\V1\xea\x02\x10Proca::Stats::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -50,25 +50,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INCREMENTRESPONSE']._serialized_start=247
   _globals['_INCREMENTRESPONSE']._serialized_end=283
   _globals['_GETSTATSREQUEST']._serialized_start=285
-  _globals['_GETSTATSREQUEST']._serialized_end=323
-  _globals['_GETSTATSRESPONSE']._serialized_start=325
-  _globals['_GETSTATSRESPONSE']._serialized_end=389
-  _globals['_BATCHGETSTATSREQUEST']._serialized_start=391
-  _globals['_BATCHGETSTATSREQUEST']._serialized_end=435
-  _globals['_BATCHGETSTATSRESPONSE']._serialized_start=437
-  _globals['_BATCHGETSTATSRESPONSE']._serialized_end=506
-  _globals['_WATCHSTATSREQUEST']._serialized_start=508
-  _globals['_WATCHSTATSREQUEST']._serialized_end=573
-  _globals['_WATCHSTATSRESPONSE']._serialized_start=575
-  _globals['_WATCHSTATSRESPONSE']._serialized_end=641
-  _globals['_CAMPAIGNSTATS']._serialized_start=644
-  _globals['_CAMPAIGNSTATS']._serialized_end=1149
-  _globals['_CAMPAIGNSTATS_ACTIONSBYTYPEENTRY']._serialized_start=984
-  _globals['_CAMPAIGNSTATS_ACTIONSBYTYPEENTRY']._serialized_end=1036
-  _globals['_CAMPAIGNSTATS_SUPPORTERSBYAREAENTRY']._serialized_start=1038
-  _globals['_CAMPAIGNSTATS_SUPPORTERSBYAREAENTRY']._serialized_end=1093
-  _globals['_CAMPAIGNSTATS_SUPPORTERSBYORGENTRY']._serialized_start=1095
-  _globals['_CAMPAIGNSTATS_SUPPORTERSBYORGENTRY']._serialized_end=1149
-  _globals['_STATSSERVICE']._serialized_start=1152
-  _globals['_STATSSERVICE']._serialized_end=1523
+  _globals['_GETSTATSREQUEST']._serialized_end=347
+  _globals['_GETSTATSRESPONSE']._serialized_start=349
+  _globals['_GETSTATSRESPONSE']._serialized_end=413
+  _globals['_BATCHGETSTATSREQUEST']._serialized_start=415
+  _globals['_BATCHGETSTATSREQUEST']._serialized_end=459
+  _globals['_BATCHGETSTATSRESPONSE']._serialized_start=461
+  _globals['_BATCHGETSTATSRESPONSE']._serialized_end=530
+  _globals['_WATCHSTATSREQUEST']._serialized_start=532
+  _globals['_WATCHSTATSREQUEST']._serialized_end=597
+  _globals['_WATCHSTATSRESPONSE']._serialized_start=599
+  _globals['_WATCHSTATSRESPONSE']._serialized_end=665
+  _globals['_CAMPAIGNSTATS']._serialized_start=668
+  _globals['_CAMPAIGNSTATS']._serialized_end=1173
+  _globals['_CAMPAIGNSTATS_ACTIONSBYTYPEENTRY']._serialized_start=1008
+  _globals['_CAMPAIGNSTATS_ACTIONSBYTYPEENTRY']._serialized_end=1060
+  _globals['_CAMPAIGNSTATS_SUPPORTERSBYAREAENTRY']._serialized_start=1062
+  _globals['_CAMPAIGNSTATS_SUPPORTERSBYAREAENTRY']._serialized_end=1117
+  _globals['_CAMPAIGNSTATS_SUPPORTERSBYORGENTRY']._serialized_start=1119
+  _globals['_CAMPAIGNSTATS_SUPPORTERSBYORGENTRY']._serialized_end=1173
+  _globals['_STATSSERVICE']._serialized_start=1176
+  _globals['_STATSSERVICE']._serialized_end=1547
 # @@protoc_insertion_point(module_scope)

@@ -106,16 +106,23 @@ class GetStatsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
+    ACTION_PAGE_ID_FIELD_NUMBER: _builtins.int
     campaign_id: _builtins.int
-    """The campaign to read; > 0."""
+    """The campaign to read; > 0. Give either campaign_id or action_page_id."""
+    action_page_id: _builtins.int
+    """The action page whose campaign to read (action_pages.id); > 0. For widgets,
+    which know their page rather than their campaign. The answer's campaign_id
+    says which campaign that is.
+    """
     def __init__(
         self,
         *,
         campaign_id: _builtins.int = ...,
+        action_page_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_page_id", b"action_page_id", "campaign_id", b"campaign_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -71,6 +71,8 @@ class StatsServiceServicer:
 
     def GetStats(self, request, context):
         """GetStats returns a campaign's counters. An unknown campaign gets zeros.
+        Asked by action page, it answers that page's campaign, or NOT_FOUND when
+        no page has that id.
         Answers UNAVAILABLE until the first calculation has succeeded.
         Reads are marked NO_SIDE_EFFECTS: with bearer tokens on, they stay open
         unless the server runs with --protect-reads.

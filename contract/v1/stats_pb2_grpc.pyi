@@ -44,6 +44,8 @@ class StatsServiceStub:
     """
     GetStats: _grpc.UnaryUnaryMultiCallable[_stats_pb2.GetStatsRequest, _stats_pb2.GetStatsResponse]
     """GetStats returns a campaign's counters. An unknown campaign gets zeros.
+    Asked by action page, it answers that page's campaign, or NOT_FOUND when
+    no page has that id.
     Answers UNAVAILABLE until the first calculation has succeeded.
     Reads are marked NO_SIDE_EFFECTS: with bearer tokens on, they stay open
     unless the server runs with --protect-reads.
@@ -74,6 +76,8 @@ class StatsServiceAsyncStub(StatsServiceStub):
     """
     GetStats: _aio.UnaryUnaryMultiCallable[_stats_pb2.GetStatsRequest, _stats_pb2.GetStatsResponse]  # type: ignore[assignment]
     """GetStats returns a campaign's counters. An unknown campaign gets zeros.
+    Asked by action page, it answers that page's campaign, or NOT_FOUND when
+    no page has that id.
     Answers UNAVAILABLE until the first calculation has succeeded.
     Reads are marked NO_SIDE_EFFECTS: with bearer tokens on, they stay open
     unless the server runs with --protect-reads.
@@ -113,6 +117,8 @@ class StatsServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_stats_pb2.GetStatsResponse, _abc.Awaitable[_stats_pb2.GetStatsResponse]]:
         """GetStats returns a campaign's counters. An unknown campaign gets zeros.
+        Asked by action page, it answers that page's campaign, or NOT_FOUND when
+        no page has that id.
         Answers UNAVAILABLE until the first calculation has succeeded.
         Reads are marked NO_SIDE_EFFECTS: with bearer tokens on, they stay open
         unless the server runs with --protect-reads.

@@ -4,16 +4,20 @@ A transport parses a request into the contract's message, calls ``Answers``, and
 ``Refused`` into its own status. The codes are the contract's status names, which gRPC and
 Connect share (``INVALID_ARGUMENT``, ``UNAVAILABLE``, …), so a rule and its message are
 written once here: validation into the domain's values, the readiness check, the caps, and
-the per-campaign answer cache.
+the per-campaign answer cache, which every face reads (``Serialized``).
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from datetime import datetime
 from typing import TypeVar
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
 
 from proca_stats.contract.v1 import stats_pb2
 from proca_stats.server.api.messages import campaign_stats
@@ -22,16 +26,21 @@ from proca_stats.server.state.store import CapacityError, StatsStore
 from proca_stats.server.state.validation import (
     ValidationError,
     Watch,
-    campaign_id_from,
     campaign_ids_from,
     increment_from,
+    target_from,
     watch_from,
 )
-from proca_stats.server.state.watchers import Watcher, Watchers, WatchersClosed, WatchersFull
+from proca_stats.server.state.watchers import (
+    LoopWakeups,
+    Watcher,
+    Watchers,
+    WatchersClosed,
+    WatchersFull,
+)
 
 Request = TypeVar("Request")
 Valid = TypeVar("Valid")
-Figures = tuple[CampaignCounters, datetime | None]
 
 # How long a watcher waits for a change before it checks that its client is
 # still there. A transport's end-of-call notice normally ends the wait at once;
@@ -43,8 +52,45 @@ class Code(enum.Enum):
     """The statuses an answer can be refused with, by the contract's names."""
 
     INVALID_ARGUMENT = enum.auto()
+    NOT_FOUND = enum.auto()
     RESOURCE_EXHAUSTED = enum.auto()
     UNAVAILABLE = enum.auto()
+
+
+class Serialized:
+    """An answer as protobuf bytes, built once per change and shared by every reader and
+    face; its JSON form and the tag of its figures are made on first use, kept with it.
+
+    The tag names the figures alone, not the snapshot time: a sync that confirms a
+    campaign's figures leaves its tag as it was, so an HTTP cache keeps its copy.
+    """
+
+    __slots__ = ("_json", "_message", "_tag", "_tagged", "binary")
+
+    def __init__(self, binary: bytes, message: type[Message], tagged: Callable[[], bytes]) -> None:
+        """``tagged`` gives the bytes the tag is a digest of: the figures, without their time."""
+        self.binary = binary
+        self._message = message
+        self._tagged = tagged
+        self._json: bytes | None = None
+        self._tag: str | None = None
+
+    @property
+    def json(self) -> bytes:
+        """The proto3 JSON form, zeros and empty maps included (as the command line prints)."""
+        if self._json is None:  # threads that race here only render it twice
+            message = self._message.FromString(self.binary)
+            self._json = json_format.MessageToJson(
+                message, always_print_fields_with_no_presence=True, indent=None
+            ).encode()
+        return self._json
+
+    @property
+    def tag(self) -> str:
+        """A digest of the figures: the same figures, the same tag, on any replica."""
+        if self._tag is None:
+            self._tag = hashlib.blake2b(self._tagged(), digest_size=12).hexdigest()
+        return self._tag
 
 
 class Refused(Exception):
@@ -81,35 +127,62 @@ class Watching:
         self._watch = watch
         self._watcher = watcher
 
-    def changes(self, is_active: Callable[[], bool]) -> Iterator[bytes]:
-        """The current figures, then the latest ones after each change, at most once per
-        interval, as serialized WatchStatsResponses, until the watcher is closed or
-        ``is_active()`` says the client is gone.
+    def changes(self, is_active: Callable[[], bool]) -> Iterator[Serialized]:
+        """The stream's answers, waiting in this thread (see ``_steps``)."""
+        steps = self._steps(is_active)
+        changed: bool | None = None
+        while True:
+            try:
+                step = steps.send(changed)
+            except StopIteration:
+                return
+            if isinstance(step, Serialized):
+                yield step
+                changed = None
+            else:
+                changed = self._watcher.wait(step, WATCH_LIVENESS_CHECK)
 
-        The watcher was opened before the first read, so a change between the two is
-        never lost; it may only cause a re-read that finds nothing new.
+    async def changes_async(self) -> AsyncIterator[Serialized]:
+        """The stream's answers, waiting as a task of the watcher's event loop; a client
+        that leaves cancels the task, so nothing need ask whether it is still there."""
+        steps = self._steps(lambda: True)
+        changed: bool | None = None
+        while True:
+            try:
+                step = steps.send(changed)
+            except StopIteration:
+                return
+            if isinstance(step, Serialized):
+                yield step
+                changed = None
+            else:
+                changed = await self._watcher.wait_async(step)
+
+    def _steps(
+        self, is_active: Callable[[], bool]
+    ) -> Generator[Serialized | float, bool | None, None]:
+        """The current figures, then the latest ones after each change, at most once per
+        interval, until the watcher is closed or ``is_active()`` says the client is gone.
+
+        Yields each answer to send, and between them the monotonic time before which
+        the next may not go: the caller waits for a change until then and sends back
+        whether one came. The watcher was opened before the first read, so a change
+        between the two is never lost; it may only cause a re-read that finds nothing new.
         """
         store, campaign_id = self._answers.store, self._watch.campaign_id
-        latest: Figures | None = store.get(campaign_id)
-        while latest is not None:
-            counters, synced_at = latest
+        counters, synced_at = store.get(campaign_id)
+        while True:
             not_before = time.monotonic() + self._watch.min_interval
             yield self._answers.serialized(campaign_id, counters, synced_at)
-            latest = self._next_change(counters, not_before, is_active)
-
-    def _next_change(
-        self, sent: CampaignCounters, not_before: float, is_active: Callable[[], bool]
-    ) -> Figures | None:
-        """The campaign's figures once they differ from ``sent`` and ``not_before`` has
-        passed; None when the stream is to end (client gone or server stopping)."""
-        while True:
-            changed = self._watcher.wait(not_before, WATCH_LIVENESS_CHECK)
-            if self._watcher.closed or not is_active():
-                return None
-            if changed:
-                figures = self._answers.store.get(self._watch.campaign_id)
-                if figures[0] != sent:  # a sync that confirmed the figures sends nothing
-                    return figures
+            while True:
+                changed = yield not_before
+                if self._watcher.closed or not is_active():
+                    return
+                if changed:
+                    latest, synced_at = store.get(campaign_id)
+                    if latest != counters:  # a sync that confirmed the figures sends nothing
+                        counters = latest
+                        break
 
     def release(self) -> None:
         """Free the place; safe to call more than once."""
@@ -141,7 +214,7 @@ class Answers:
         # campaign id → (counters, serialized GetStatsResponse), known campaigns of the
         # snapshot ``_answers_of`` only: emptied when a new one is swapped in, so that it
         # never holds more campaigns than the store does.
-        self._answers: dict[int, tuple[CampaignCounters, bytes]] = {}
+        self._answers: dict[int, tuple[CampaignCounters, Serialized]] = {}
         self._answers_of: datetime | None = None
 
     def increment(self, request: stats_pb2.IncrementRequest) -> bool:
@@ -155,31 +228,48 @@ class Answers:
             self._counted(increment)
         return counted
 
-    def stats(self, request: stats_pb2.GetStatsRequest) -> bytes:
-        """GetStats, answered with the serialized GetStatsResponse."""
-        campaign_id = _valid(campaign_id_from, request)
-        counters, synced_at = self.store.get(campaign_id)
-        return self.serialized(campaign_id, counters, _ready(synced_at))
+    def stats(self, request: stats_pb2.GetStatsRequest) -> Serialized:
+        """GetStats: a campaign's GetStatsResponse, or that of an action page's campaign."""
+        target = _valid(target_from, request)
+        if target.action_page_id is None:
+            assert target.campaign_id is not None
+            campaign_id = target.campaign_id
+            counters, synced_at = self.store.get(campaign_id)
+            return self.serialized(campaign_id, counters, _ready(synced_at))
+        found, counters, synced_at = self.store.get_by_page(target.action_page_id)
+        _ready(synced_at)
+        if found is None:
+            raise Refused(
+                Code.NOT_FOUND, f"action_page_id: no action page has id {target.action_page_id}"
+            )
+        return self.serialized(found, counters, synced_at)
 
-    def batch_stats(
-        self, request: stats_pb2.BatchGetStatsRequest
-    ) -> stats_pb2.BatchGetStatsResponse:
+    def batch_stats(self, request: stats_pb2.BatchGetStatsRequest) -> Serialized:
+        """BatchGetStats, from the campaigns' kept answers: on the wire a
+        BatchGetStatsResponse is its CampaignStats one after the other in field 1, as
+        each GetStatsResponse holds its own, so the kept bytes are joined as they are."""
         campaign_ids = _valid(campaign_ids_from, request)
         found, synced_at = self.store.get_many(campaign_ids)
         _ready(synced_at)
-        return stats_pb2.BatchGetStatsResponse(
-            stats=[
-                campaign_stats(campaign_id, counters, synced_at)
-                for campaign_id, counters in zip(campaign_ids, found, strict=True)
-            ]
+        parts = [
+            self.serialized(campaign_id, counters, synced_at)
+            for campaign_id, counters in zip(campaign_ids, found, strict=True)
+        ]
+        return Serialized(
+            b"".join(part.binary for part in parts),
+            stats_pb2.BatchGetStatsResponse,
+            lambda: "".join(part.tag for part in parts).encode(),
         )
 
-    def watch(self, request: stats_pb2.WatchStatsRequest) -> Watching:
-        """Open a watch: refused when invalid, not ready, full or stopping."""
+    def watch(
+        self, request: stats_pb2.WatchStatsRequest, loop: LoopWakeups | None = None
+    ) -> Watching:
+        """Open a watch, waiting on ``loop`` when given, else in its caller's thread:
+        refused when invalid, not ready, full or stopping."""
         watch = _valid(watch_from, request)
         _ready(self.store.synced_at)
         try:
-            watcher = self.watchers.open(watch.campaign_id)
+            watcher = self.watchers.open(watch.campaign_id, loop)
         except WatchersFull as error:
             raise Refused(Code.RESOURCE_EXHAUSTED, str(error)) from None
         except WatchersClosed as error:
@@ -188,7 +278,7 @@ class Answers:
 
     def serialized(
         self, campaign_id: int, counters: CampaignCounters, synced_at: datetime | None
-    ) -> bytes:
+    ) -> Serialized:
         """The serialized GetStatsResponse for these figures, built once per change."""
         answers = self._answers
         if synced_at is not self._answers_of:
@@ -199,9 +289,15 @@ class Answers:
         kept = answers.get(campaign_id)
         if kept is not None and kept[0] is counters:
             return kept[1]
-        answer = stats_pb2.GetStatsResponse(
-            stats=campaign_stats(campaign_id, counters, synced_at)
-        ).SerializeToString()
+        answer = Serialized(
+            stats_pb2.GetStatsResponse(
+                stats=campaign_stats(campaign_id, counters, synced_at)
+            ).SerializeToString(),
+            stats_pb2.GetStatsResponse,
+            lambda: stats_pb2.GetStatsResponse(
+                stats=campaign_stats(campaign_id, counters, None)
+            ).SerializeToString(deterministic=True),
+        )
         if counters is not NO_COUNTERS:  # unknown campaigns are not kept: ids are unbounded
             answers[campaign_id] = (counters, answer)
         return answer

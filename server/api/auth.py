@@ -49,12 +49,13 @@ def load_tokens(path: Path) -> tuple[bytes, ...]:
 
 
 def presented_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> bytes | None:
-    """The token of a call's `authorization: Bearer <token>` metadata, if it has one.
+    """The token of a call's `authorization: Bearer <token>` metadata (or HTTP header), if
+    it has one.
 
     The scheme is matched without regard to case, as RFC 7235 says of
     authentication schemes, so `bearer` and `BEARER` clients are not refused.
     """
-    presented = next((v for k, v in metadata or () if k == "authorization"), None)
+    presented = next((v for k, v in metadata or () if k.lower() == "authorization"), None)
     if not isinstance(presented, str):
         return None
     scheme, _, token = presented.partition(" ")
@@ -75,12 +76,14 @@ def read_methods(service: ServiceDescriptor) -> frozenset[str]:
     return frozenset(f"/{service.full_name}/{m.name}" for m in service.methods if is_read(m))
 
 
-class TokenAuthInterceptor(Interceptor):
-    """Refuses calls without a valid `authorization: Bearer <token>` with UNAUTHENTICATED.
+class Tokens:
+    """Who may call what: the rule of every face (gRPC metadata and HTTP headers alike).
 
     Health always stays open: load balancers and orchestrators probe it
     without credentials, and it tells nothing but up or down.
     """
+
+    REFUSAL = "this call needs metadata `authorization: Bearer <token>` with a valid token"
 
     def __init__(
         self, tokens: Iterable[bytes], reads: frozenset[str], *, protect_reads: bool
@@ -88,6 +91,10 @@ class TokenAuthInterceptor(Interceptor):
         self._tokens = tuple(tokens)
         self._reads = reads
         self._protect_reads = protect_reads
+
+    def allows(self, method: str, metadata: Iterable[tuple[str, str | bytes]] | None) -> bool:
+        """Whether a call of ``method`` (its full path) with this metadata may go on."""
+        return not self._tokens or self._is_open(method) or self._authorized(metadata)
 
     def _is_open(self, method: str) -> bool:
         if method.startswith(HEALTH_PREFIX):
@@ -105,21 +112,23 @@ class TokenAuthInterceptor(Interceptor):
             matched |= hmac.compare_digest(candidate, token)
         return matched
 
+
+class TokenAuthInterceptor(Interceptor):
+    """Refuses gRPC calls that ``Tokens`` does not allow with UNAUTHENTICATED."""
+
+    def __init__(self, tokens: Tokens) -> None:
+        self._tokens = tokens
+
     def intercept_service(
         self,
         continuation: Continuation,
         details: grpc.HandlerCallDetails,
     ) -> Handler | None:
         handler = continuation(details)
-        if handler is None or self._is_open(details.method):
-            return handler
-        if self._authorized(details.invocation_metadata):
+        if handler is None or self._tokens.allows(details.method, details.invocation_metadata):
             return handler
 
         def refuse(request: Any, context: grpc.ServicerContext) -> Any:
-            context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "this call needs metadata `authorization: Bearer <token>` with a valid token",
-            )
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, Tokens.REFUSAL)
 
         return with_behavior(handler, refuse)

@@ -10,7 +10,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from proca_stats.server.api.answers import Answers
-from proca_stats.server.api.auth import TokenAuthInterceptor, read_methods
+from proca_stats.server.api.auth import TokenAuthInterceptor, Tokens
 from proca_stats.server.api.grpc_service import (
     ANSWERED_WITH_BYTES,
     SERVICE,
@@ -46,7 +46,7 @@ def _run_on_pool(servicer: object, method: str, pool: futures.ThreadPoolExecutor
 
 
 def _interceptors(
-    config: ServeConfig, metrics: Metrics, tracing: Interceptor | None
+    config: ServeConfig, tokens: Tokens, metrics: Metrics, tracing: Interceptor | None
 ) -> list[Interceptor]:
     """Metrics outermost, so refused calls are counted too; tracing, so they are traced
     too; then authentication; innermost, tolerant parsing for the services registered
@@ -57,11 +57,7 @@ def _interceptors(
     if tracing is not None:
         chain.append(tracing)
     if config.tokens:
-        chain.append(
-            TokenAuthInterceptor(
-                config.tokens, read_methods(SERVICE), protect_reads=config.protect_reads
-            )
-        )
+        chain.append(TokenAuthInterceptor(tokens))
     chain.append(MalformedRequests())
     return chain
 
@@ -73,6 +69,7 @@ class GrpcServer:
         self,
         config: ServeConfig,
         answers: Answers,
+        tokens: Tokens,
         health_servicer: HealthServicer,
         metrics: Metrics,
         tracing: Interceptor | None = None,
@@ -82,7 +79,7 @@ class GrpcServer:
             futures.ThreadPoolExecutor(
                 max_workers=config.workers, thread_name_prefix="proca-stats-rpc"
             ),
-            interceptors=_interceptors(config, metrics, tracing),
+            interceptors=_interceptors(config, tokens, metrics, tracing),
             options=[
                 # Without this, a second server on the same port would start silently.
                 ("grpc.so_reuseport", 0),

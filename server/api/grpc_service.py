@@ -17,7 +17,11 @@ SERVICE = stats_pb2.DESCRIPTOR.services_by_name["StatsService"]
 Request = TypeVar("Request")
 Answer = TypeVar("Answer")
 # RPCs registered with the servicer method that answers serialized messages.
-ANSWERED_WITH_BYTES = {"GetStats": "serialized_stats", "WatchStats": "serialized_watch"}
+ANSWERED_WITH_BYTES = {
+    "GetStats": "serialized_stats",
+    "BatchGetStats": "serialized_batch",
+    "WatchStats": "serialized_watch",
+}
 
 
 def _abort(context: grpc.ServicerContext, refused: Refused) -> NoReturn:
@@ -42,9 +46,9 @@ def _answer(
 class StatsServicer(stats_pb2_grpc.StatsServiceServicer):
     """The counters RPCs over gRPC, answered by ``Answers``.
 
-    ``add_stats_service`` registers ``serialized_stats`` and ``serialized_watch``,
-    which send the answers' kept bytes; ``GetStats`` and ``WatchStats`` give the
-    same answers as messages.
+    ``add_stats_service`` registers the ``serialized_*`` methods, which send the
+    answers' kept bytes; ``GetStats``, ``BatchGetStats`` and ``WatchStats`` give
+    the same answers as messages.
     """
 
     def __init__(self, answers: Answers) -> None:
@@ -80,14 +84,22 @@ class StatsServicer(stats_pb2_grpc.StatsServiceServicer):
         context: grpc.ServicerContext,
     ) -> bytes:
         """GetStats, answered with the serialized GetStatsResponse."""
-        return _answer(self._answers.stats, request, context)
+        return _answer(self._answers.stats, request, context).binary
 
     def BatchGetStats(
         self,
         request: stats_pb2.BatchGetStatsRequest | MalformedRequest,
         context: grpc.ServicerContext,
     ) -> stats_pb2.BatchGetStatsResponse:
-        return _answer(self._answers.batch_stats, request, context)
+        return stats_pb2.BatchGetStatsResponse.FromString(self.serialized_batch(request, context))
+
+    def serialized_batch(
+        self,
+        request: stats_pb2.BatchGetStatsRequest | MalformedRequest,
+        context: grpc.ServicerContext,
+    ) -> bytes:
+        """BatchGetStats, answered with the serialized BatchGetStatsResponse."""
+        return _answer(self._answers.batch_stats, request, context).binary
 
     def serialized_watch(
         self,
@@ -103,7 +115,8 @@ class StatsServicer(stats_pb2_grpc.StatsServiceServicer):
             watching.release()
             return
         try:
-            yield from watching.changes(context.is_active)
+            for answer in watching.changes(context.is_active):
+                yield answer.binary
         finally:
             watching.release()
 

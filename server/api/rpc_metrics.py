@@ -18,6 +18,7 @@ from proca_stats.server.api.handlers import (
 from proca_stats.server.metrics import Metrics
 
 UNKNOWN_METHOD = "unknown"  # the method label of calls to methods this server does not have
+GRPC = "grpc"  # the protocol label of this port's calls
 
 
 class MetricsInterceptor(Interceptor):
@@ -33,11 +34,11 @@ class MetricsInterceptor(Interceptor):
     ) -> Handler | None:
         handler = continuation(details)
         if handler is None:  # gRPC answers UNIMPLEMENTED; the name is the caller's, unbounded
-            self._metrics.rpcs_started.labels(UNKNOWN_METHOD).inc()
-            self._metrics.rpcs.labels(UNKNOWN_METHOD, "UNIMPLEMENTED").inc()
+            self._metrics.rpcs_started.labels(UNKNOWN_METHOD, GRPC).inc()
+            self._metrics.rpcs.labels(UNKNOWN_METHOD, "UNIMPLEMENTED", GRPC).inc()
             return None
         method = details.method.lstrip("/")
-        self._metrics.rpcs_started.labels(method).inc()
+        self._metrics.rpcs_started.labels(method, GRPC).inc()
         behavior = behavior_of(handler)
         count = self._metrics.rpcs
         timing = self._metrics.rpc_seconds
@@ -53,7 +54,9 @@ class MetricsInterceptor(Interceptor):
             # callback, so it is counted when the RPC ends; wrapped in a generator
             # it would hold its one-thread pool and starve the next watcher.
             def answered_later(request: Any, context: grpc.ServicerContext, *callback: Any) -> Any:
-                context.add_callback(lambda: count.labels(method, code_of(context, False)).inc())
+                context.add_callback(
+                    lambda: count.labels(method, code_of(context, False), GRPC).inc()
+                )
                 return behavior(request, context, *callback)
 
             return with_behavior(handler, answered_later, forwards_callback=True)
@@ -66,7 +69,7 @@ class MetricsInterceptor(Interceptor):
                     yield from behavior(request, context)
                     failed = False
                 finally:
-                    count.labels(method, code_of(context, failed)).inc()
+                    count.labels(method, code_of(context, failed), GRPC).inc()
 
             return with_behavior(handler, streamed)
 
@@ -78,7 +81,7 @@ class MetricsInterceptor(Interceptor):
                 failed = False
                 return response
             finally:
-                timing.labels(method).observe(time.perf_counter() - started)
-                count.labels(method, code_of(context, failed)).inc()
+                timing.labels(method, GRPC).observe(time.perf_counter() - started)
+                count.labels(method, code_of(context, failed), GRPC).inc()
 
         return with_behavior(handler, answered)

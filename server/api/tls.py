@@ -1,4 +1,5 @@
-"""TLS for the gRPC port: certificate and key, and optionally a CA client certificates chain to.
+"""TLS for the gRPC and HTTP ports: certificate and key, and optionally a CA client
+certificates chain to.
 
 The files are read and checked when the settings are: gRPC core would find a
 key that does not parse or match only later, on its own log lines ending in a
@@ -8,7 +9,10 @@ module, which reads the same PEM, checks them first.
 
 from __future__ import annotations
 
+import os
 import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
 
@@ -74,3 +78,32 @@ def server_credentials(tls: TlsKeys) -> grpc.ServerCredentials:
         root_certificates=tls.client_ca,
         require_client_auth=tls.client_ca is not None,
     )
+
+
+@contextmanager
+def _in_memory(data: bytes) -> Iterator[str]:
+    """A path to ``data`` that never touches a disk: an anonymous in-memory file."""
+    fd = os.memfd_create("proca-stats-tls", os.MFD_CLOEXEC)
+    try:
+        os.write(fd, data)
+        yield f"/proc/self/fd/{fd}"
+    finally:
+        os.close(fd)
+
+
+def ssl_context(tls: TlsKeys) -> ssl.SSLContext:
+    """The same certificate, key and client CA for the HTTP port, offering HTTP/2 and 1.1.
+
+    Python's ssl loads a certificate chain from a path only, so the PEM read with
+    the settings goes through an in-memory file: the key is never copied to disk.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.options |= ssl.OP_NO_COMPRESSION
+    with _in_memory(tls.cert) as cert, _in_memory(tls.key) as key:
+        context.load_cert_chain(cert, key)
+    if tls.client_ca is not None:
+        context.load_verify_locations(cadata=tls.client_ca.decode("ascii", "replace"))
+        context.verify_mode = ssl.CERT_REQUIRED
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    return context

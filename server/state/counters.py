@@ -7,6 +7,7 @@ turn it into a response without holding the lock, and never sees half an update.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TypeVar
@@ -42,12 +43,15 @@ class Snapshot:
     """The result of one calculation: every campaign's counters at ``taken_at``.
 
     ``increments_before`` is how many Increments with an action id the store
-    had counted before the snapshot was taken (see handover.py).
+    had counted before the snapshot was taken (see handover.py). ``pages`` maps
+    each action page's id to its campaign's, as of the same snapshot, so that a
+    widget that knows only its page is answered with the figures swapped in with it.
     """
 
     campaigns: dict[int, CampaignCounters]
     taken_at: datetime
     increments_before: int = 0
+    pages: Mapping[int, int] = field(default_factory=dict)
 
 
 Key = TypeVar("Key", str, int)

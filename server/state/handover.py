@@ -74,7 +74,9 @@ def swap_in(
                 )
                 reapplied.append(arrival)
         remembered = frozenset(confirmed | {a.action_id for a in reapplied})
-        replacement = Replacement(campaigns, snapshot.taken_at, upto, remembered, reapplied, held)
+        replacement = Replacement(
+            campaigns, snapshot.taken_at, upto, remembered, reapplied, held, snapshot.pages
+        )
         if store.replace_if_current(replacement):
             return len(reapplied)
         seq = upto

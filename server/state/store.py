@@ -115,6 +115,7 @@ class Replacement:
     remembered: frozenset[int] = frozenset()
     carried: list[Arrival] = field(default_factory=list)
     held: Held | None = None  # where the Increments counted after the swap are looked up
+    pages: Mapping[int, int] = field(default_factory=dict)  # action page id → campaign id
 
 
 class StatsStore:
@@ -149,6 +150,7 @@ class StatsStore:
         self._forgot = False  # an id was forgotten since the last swap
         self._lock = threading.Lock()
         self._campaigns: dict[int, CampaignCounters] = {}
+        self._pages: Mapping[int, int] = {}  # action page id → campaign id, of the snapshot
         self._synced_at: datetime | None = None
         self._known: OrderedDict[int, None] = OrderedDict()  # ids that must not count again
         self._log: list[Arrival] = []  # Increments with an action id since the last swap
@@ -284,6 +286,15 @@ class StatsStore:
         with self._lock:
             return self._campaigns.get(campaign_id, NO_COUNTERS), self._synced_at
 
+    def get_by_page(self, page_id: int) -> tuple[int | None, CampaignCounters, datetime | None]:
+        """The campaign of an action page (None when no page has that id), its counters
+        and when their snapshot was taken, all as of the same swap."""
+        with self._lock:
+            campaign_id = self._pages.get(page_id)
+            if campaign_id is None:
+                return None, NO_COUNTERS, self._synced_at
+            return campaign_id, self._campaigns.get(campaign_id, NO_COUNTERS), self._synced_at
+
     def get_many(
         self, campaign_ids: Iterable[int]
     ) -> tuple[list[CampaignCounters], datetime | None]:
@@ -307,6 +318,7 @@ class StatsStore:
                 return False
             old = self._campaigns
             self._campaigns = new.campaigns
+            self._pages = new.pages
             self._synced_at = new.taken_at
             self._known = known
             self._carried = new.carried

@@ -74,9 +74,25 @@ class Watch:
     min_interval: float  # seconds between two messages
 
 
-def campaign_id_from(request: stats_pb2.GetStatsRequest) -> int:
-    """The campaign a GetStatsRequest asks for."""
-    return _positive_id("campaign_id", request.campaign_id)
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a GetStatsRequest reads: a campaign, or the campaign of an action page."""
+
+    campaign_id: int | None
+    action_page_id: int | None
+
+
+def target_from(request: stats_pb2.GetStatsRequest) -> Target:
+    """The campaign or the action page a GetStatsRequest asks for: exactly one of the two.
+
+    Without a page the campaign's own rule speaks (so a request with neither is
+    told that campaign_id must be > 0, as before pages could be asked for).
+    """
+    if not request.action_page_id:
+        return Target(_positive_id("campaign_id", request.campaign_id), None)
+    if request.campaign_id:
+        raise ValidationError("action_page_id", "give campaign_id or action_page_id, not both")
+    return Target(None, _positive_id("action_page_id", request.action_page_id))
 
 
 def campaign_ids_from(request: stats_pb2.BatchGetStatsRequest) -> list[int]:

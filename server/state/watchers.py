@@ -6,11 +6,18 @@ then re-reads the campaign with the store's ordinary ``get``, in its own thread,
 so a thousand watchers add a few flag writes to an Increment and nothing to a
 GetStats. Nothing is queued per watcher: a slow reader gets the latest figures
 when it is ready, never a backlog.
+
+A watcher waits in a thread of its own (a gRPC stream) or as a task on an
+event loop (an HTTP stream): ``LoopWakeups`` hands a loop's wake-ups over in
+one call per batch, so a change seen by a thousand HTTP watchers costs the
+notifying thread one wake-up of the loop, not a thousand.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import math
 import threading
 import time
 from collections.abc import Mapping
@@ -26,24 +33,68 @@ class WatchersClosed(Exception):
     """The server is shutting down and takes no new watchers."""
 
 
+class LoopWakeups:
+    """Wakes the watchers that wait on one event loop, from any thread.
+
+    The first wake-up of a batch schedules one call on the loop; the ones that
+    come before it runs only join the batch. The call then wakes each watcher
+    of the batch in the loop's own thread, as asyncio requires.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._pending: set[Watcher] = set()
+
+    def wake(self, watcher: Watcher) -> None:
+        with self._lock:
+            first = not self._pending
+            self._pending.add(watcher)
+        if first:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                self._loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, set()
+        for watcher in pending:
+            watcher.woken()
+
+
+def _resolve(sleep: asyncio.Future[None] | None) -> None:
+    if sleep is not None and not sleep.done():
+        sleep.set_result(None)
+
+
 class Watcher:
     """One stream's mailbox: a 'your campaign changed' flag and a 'stop' flag, nothing queued.
 
-    The waiting thread sleeps on a bare lock used as a binary semaphore (held:
+    A waiting thread sleeps on a bare lock used as a binary semaphore (held:
     nothing new), the cheapest wake-up Python has: a change costs a watcher one
-    wake-up, not the bookkeeping of a Condition.
+    wake-up, not the bookkeeping of a Condition. A watcher of an event loop
+    (``loop`` given) sleeps on a bare future instead, resolved through the loop's
+    ``LoopWakeups``. Both decide what to do in one place (``_due``).
     """
 
-    def __init__(self, campaign_id: int) -> None:
+    def __init__(self, campaign_id: int, loop: LoopWakeups | None = None) -> None:
         self.campaign_id = campaign_id
+        self._loop = loop
         self._wake = threading.Lock()
         self._wake.acquire()
+        self._sleep: asyncio.Future[None] | None = None  # an event loop watcher's, while it sleeps
         self._changed = False
         self._closed = False
 
     def _signal(self) -> None:
+        if self._loop is not None:
+            self._loop.wake(self)
+            return
         with contextlib.suppress(RuntimeError):  # released already: a wake-up is pending
             self._wake.release()
+
+    def woken(self) -> None:
+        """Wake a watcher of an event loop; runs in the loop's thread."""
+        _resolve(self._sleep)
 
     def notify(self) -> None:
         self._changed = True
@@ -69,15 +120,44 @@ class Watcher:
         only makes the sleep return at once.
         """
         deadline = time.monotonic() + timeout
-        while not self._closed:
-            now = time.monotonic()
-            if self._changed and now >= not_before:
-                self._changed = False
-                return True
-            if not self._changed and now >= deadline:
-                return False
-            self._wake.acquire(timeout=(not_before if self._changed else deadline) - now)
-        return False
+        while not isinstance(due := self._due(not_before, deadline), bool):
+            self._wake.acquire(timeout=due)
+        return due
+
+    async def wait_async(self, not_before: float) -> bool:
+        """``wait`` for a watcher of an event loop, sleeping as a task, not a thread: True
+        once a change may be sent, False once closed.
+
+        No liveness timeout: a client that leaves cancels the task. A sleep is one
+        future, resolved by a wake-up, or by one timer when a change that came early is
+        held until ``not_before``; asyncio's Event and timeout cost more per message. A
+        wake-up can only come while the task awaits (both run in the loop's thread), and
+        the flags it follows are read before each sleep, so none is missed.
+        """
+        loop = asyncio.get_running_loop()
+        while not isinstance(due := self._due(not_before, math.inf), bool):
+            self._sleep = sleep = loop.create_future()
+            timer = None if due == math.inf else loop.call_later(due, _resolve, sleep)
+            try:
+                await sleep
+            finally:
+                self._sleep = None
+                if timer is not None:
+                    timer.cancel()
+        return due
+
+    def _due(self, not_before: float, deadline: float) -> bool | float:
+        """What a wait does now: return True (a change may be sent) or False (closed, or
+        nothing changed by ``deadline``), or sleep the seconds returned."""
+        if self._closed:
+            return False
+        now = time.monotonic()
+        if self._changed and now >= not_before:
+            self._changed = False
+            return True
+        if not self._changed and now >= deadline:
+            return False
+        return (not_before if self._changed else deadline) - now
 
 
 class Watchers:
@@ -90,9 +170,10 @@ class Watchers:
         self._limit = limit
         self._closed = False
 
-    def open(self, campaign_id: int) -> Watcher:
-        """A watcher for the campaign, counted against the limit until ``release``."""
-        watcher = Watcher(campaign_id)
+    def open(self, campaign_id: int, loop: LoopWakeups | None = None) -> Watcher:
+        """A watcher for the campaign, counted against the limit until ``release``; one
+        that waits on an event loop when ``loop`` is given."""
+        watcher = Watcher(campaign_id, loop)
         with self._lock:
             if self._closed:
                 raise WatchersClosed("the server is shutting down")

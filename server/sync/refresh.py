@@ -171,7 +171,8 @@ class Refresher:
             self._snapshots.release(kept.keeper)
             raise
         self._next = state
-        snapshot = Snapshot(dict(state.figures), kept.taken_at, increments_before)
+        pages = {page_id: page[0] for page_id, page in state.pages.items()}
+        snapshot = Snapshot(dict(state.figures), kept.taken_at, increments_before, pages)
         seconds = time.monotonic() - started
         rows_read = sum(self._snapshots.rows_read)
         return snapshot, replace(report, seconds=seconds, rows_read=rows_read)

@@ -1,2 +1,3 @@
 """What the tests share besides fixtures: waiting with a deadline, servers and their processes,
-the database, a server's figures and metrics, Proca's rows, certificates and recorded streams."""
+the database, a server's figures and metrics, Proca's rows, certificates, recorded streams, and
+HTTP requests and streams to the HTTP port."""

@@ -1,0 +1,173 @@
+"""The HTTP port over TLS, with the gRPC port's --tls-* files: HTTP/1.1, and HTTP/2 chosen by
+ALPN (spoken with the h2 library, frame by frame), a client that does not trust the CA
+refused, and client certificates required with a client CA."""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+
+import h2.config
+import h2.connection
+import h2.events
+import pytest
+
+from proca_stats.server.api.tls import read_tls
+from proca_stats.server.app import StatsServer
+from tests.support.certificates import Authority, Issued
+from tests.support.web import SERVICE, get_path, port_of, start_web
+
+INCREMENT = {"campaign_id": 7, "org_id": 2, "action_type": "signature", "new_supporter": True}
+
+
+@pytest.fixture
+def authority(tmp_path: Path) -> Authority:
+    return Authority(tmp_path, "web-ca")
+
+
+def client_context(
+    authority: Authority, protocols: list[str], client: Issued | None = None
+) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=authority.cert)
+    context.set_alpn_protocols(protocols)
+    if client is not None:
+        context.load_cert_chain(client.cert, client.key)
+    return context
+
+
+def tls_web(
+    start_server: Callable[..., StatsServer],
+    database_url: str,
+    authority: Authority,
+    client_ca: bool = False,
+) -> StatsServer:
+    issued = authority.issue("server", server=True)
+    tls = read_tls(issued.cert, issued.key, authority.cert if client_ca else None)
+    return start_web(start_server, database_url, tls=tls)
+
+
+def http1(server: StatsServer, context: ssl.SSLContext, method: str, path: str) -> bytes:
+    """One HTTP/1.1 request over TLS; the answer's status line and body, checked to be
+    HTTP/1.1 as ALPN agreed."""
+    with (
+        socket.create_connection(("127.0.0.1", port_of(server)), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        assert tls.selected_alpn_protocol() == "http/1.1"
+        head = f"{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n"
+        tls.sendall(head.encode())
+        answer = b""
+        while chunk := tls.recv(65536):
+            answer += chunk
+    return answer
+
+
+def http2(
+    server: StatsServer, context: ssl.SSLContext, path: str, body: bytes
+) -> tuple[dict[str, str], bytes]:
+    """One Connect POST over HTTP/2 on TLS (ALPN h2): the answer's headers and body."""
+    with (
+        socket.create_connection(("127.0.0.1", port_of(server)), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        assert tls.selected_alpn_protocol() == "h2"
+        connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        connection.initiate_connection()
+        stream = connection.get_next_available_stream_id()
+        headers = [
+            (":method", "POST"),
+            (":scheme", "https"),
+            (":authority", "127.0.0.1"),
+            (":path", path),
+            ("content-type", "application/json"),
+            ("content-length", str(len(body))),
+        ]
+        connection.send_headers(stream, headers)
+        connection.send_data(stream, body, end_stream=True)
+        tls.sendall(connection.data_to_send())
+        answer_headers: dict[str, str] = {}
+        answer = b""
+        ended = False
+        while not ended:
+            data = tls.recv(65536)
+            assert data, "the server closed the connection before the answer ended"
+            for event in connection.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    answer_headers = {k.decode(): v.decode() for k, v in event.headers}
+                elif isinstance(event, h2.events.DataReceived):
+                    answer += event.data
+                    connection.acknowledge_received_data(event.flow_controlled_length, stream)
+                elif isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
+                    ended = True
+            tls.sendall(connection.data_to_send())
+    return answer_headers, answer
+
+
+def test_http_1_1_and_http_2_by_alpn_over_tls(
+    start_server: Callable[..., StatsServer], database_url: str, authority: Authority
+) -> None:
+    server = tls_web(start_server, database_url, authority)
+    headers, body = http2(
+        server,
+        client_context(authority, ["h2", "http/1.1"]),
+        f"{SERVICE}/Increment",
+        json.dumps(INCREMENT).encode(),
+    )
+    assert (headers[":status"], json.loads(body)) == ("200", {})
+    answer = http1(
+        server,
+        client_context(authority, ["http/1.1"]),
+        "GET",
+        get_path("GetStats", {"campaignId": 7}),
+    )
+    status, _, body = answer.partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 200")
+    assert b'"supporters":"1"' in body.replace(b" ", b"")  # the Increment sent over HTTP/2
+    headers, body = http2(
+        server,
+        client_context(authority, ["h2"]),
+        f"{SERVICE}/GetStats",
+        json.dumps({"campaign_id": 7}).encode(),
+    )
+    assert headers[":status"] == "200"
+    assert json.loads(body)["stats"]["supporters"] == "1"
+
+
+def test_a_client_that_does_not_trust_the_ca_or_speaks_plain_http_is_refused(
+    start_server: Callable[..., StatsServer], database_url: str, authority: Authority
+) -> None:
+    server = tls_web(start_server, database_url, authority)
+    stranger = Authority(authority.folder, "other-ca")
+    with pytest.raises(ssl.SSLCertVerificationError):
+        http1(server, client_context(stranger, ["http/1.1"]), "GET", "/readyz")
+    with socket.create_connection(("127.0.0.1", port_of(server)), timeout=10) as plain:
+        plain.sendall(b"GET /readyz HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
+        assert not plain.recv(4096).startswith(b"HTTP/1.1 200")
+    assert http1(server, client_context(authority, ["http/1.1"]), "GET", "/readyz").startswith(
+        b"HTTP/1.1 200"
+    )
+
+
+def test_with_a_client_ca_a_client_certificate_is_required(
+    start_server: Callable[..., StatsServer], database_url: str, authority: Authority
+) -> None:
+    server = tls_web(start_server, database_url, authority, client_ca=True)
+    client = authority.issue("client", server=False)
+    assert http1(
+        server, client_context(authority, ["http/1.1"], client), "GET", "/readyz"
+    ).startswith(b"HTTP/1.1 200")
+    headers, _ = http2(
+        server,
+        client_context(authority, ["h2"], client),
+        f"{SERVICE}/GetStats",
+        json.dumps({"campaign_id": 7}).encode(),
+    )
+    assert headers[":status"] == "200"
+    try:  # TLS 1.3: the refusal of a missing certificate comes after the handshake
+        answer = http1(server, client_context(authority, ["http/1.1"]), "GET", "/readyz")
+    except (ssl.SSLError, ConnectionError):
+        answer = b""
+    assert answer == b"", "answered a client without a certificate"
