@@ -41,10 +41,12 @@ from proca_stats.server.settings import (
     DEFAULT_CHANGE_OVERLAP_MS,
     DEFAULT_DATA_DIR,
     DEFAULT_FANOUT_CHANNEL,
+    DEFAULT_FEED_SLOT,
     DEFAULT_FULL_SYNC_INTERVAL_MS,
     DEFAULT_LISTEN,
     DEFAULT_MAX_WATCHERS,
     DEFAULT_SLOW_SYNC_INTERVAL_MS,
+    DEFAULT_STATE_DIR,
     DEFAULT_SYNC_INTERVAL_MS,
     DEFAULT_SYNC_TIMEOUT_MS,
     INT32_MAX,
@@ -55,6 +57,7 @@ from proca_stats.server.settings import (
     check_can_listen,
     check_database_url,
     check_exposure,
+    parse_change_feed,
     parse_channel,
     parse_count,
     parse_int64,
@@ -64,11 +67,20 @@ from proca_stats.server.settings import (
     parse_switch,
 )
 from proca_stats.server.sync.calculation import calculate
+from proca_stats.server.sync.slot import FeedError, drop_feed, set_up
 
 log = logging.getLogger("proca_stats")
 
 # What a person can get wrong; anything else is a bug and keeps its traceback.
-USER_ERRORS = (ConfigError, BindError, EmbeddedDatabaseError, psycopg.Error, StatsError, OSError)
+USER_ERRORS = (
+    ConfigError,
+    BindError,
+    EmbeddedDatabaseError,
+    FeedError,
+    psycopg.Error,
+    StatsError,
+    OSError,
+)
 
 
 def to_json(message: Message, indent: int | None = None) -> str:
@@ -147,6 +159,9 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         fanout=args.fanout or parse_switch("PROCA_STATS_FANOUT", _env("PROCA_STATS_FANOUT")),
         fanout_channel=parse_channel("--fanout-channel", args.fanout_channel),
         sync_database_url=sync_url,
+        change_feed=parse_change_feed(args.change_feed),
+        feed_slot=parse_channel("--feed-slot", args.feed_slot),
+        state_dir=None if args.no_state else Path(args.state_dir),
     )
     check_can_listen(host, port)
     return config
@@ -250,6 +265,30 @@ def cmd_db_init(args: argparse.Namespace) -> None:
         create_recommended_indexes(url)
         print("recommended indexes ready", file=sys.stderr)
     print("schema ready", file=sys.stderr)
+    if args.change_feed:
+        slot = parse_channel("--feed-slot", args.feed_slot)
+        with psycopg.connect(url, autocommit=True) as conn:
+            made = set_up(conn, slot)
+        print(
+            f"change feed ready: publication and replication slot {slot}"
+            + (" made" if made else " already there"),
+            file=sys.stderr,
+        )
+
+
+def cmd_db_drop_feed(args: argparse.Namespace) -> None:
+    slot = parse_channel("--feed-slot", args.feed_slot)
+    with psycopg.connect(_database_url(args), autocommit=True) as conn:
+        dropped = drop_feed(conn, slot)
+    what = [
+        name
+        for name, gone in zip(("replication slot", "publication"), dropped, strict=False)
+        if gone
+    ]
+    print(
+        f"dropped the {' and the '.join(what)} {slot}" if what else f"no change feed {slot}",
+        file=sys.stderr,
+    )
 
 
 def cmd_dump(args: argparse.Namespace) -> None:
@@ -306,6 +345,16 @@ def _add_database_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_feed_slot(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--feed-slot",
+        default=_env("PROCA_STATS_FEED_SLOT", DEFAULT_FEED_SLOT),
+        metavar="NAME",
+        help="the change feed's replication slot and publication (env PROCA_STATS_FEED_SLOT, "
+        f"default {DEFAULT_FEED_SLOT})",
+    )
+
+
 def _add_serve_options(serve: argparse.ArgumentParser) -> None:
     limits = Limits()
     options: list[tuple[str, str, str | None, str]] = [
@@ -352,6 +401,25 @@ def _add_serve_options(serve: argparse.ArgumentParser) -> None:
             "PROCA_STATS_FANOUT_CHANNEL",
             DEFAULT_FANOUT_CHANNEL,
             "LISTEN/NOTIFY channel the replicas share Increments on",
+        ),
+        (
+            "--change-feed",
+            "PROCA_STATS_CHANGE_FEED",
+            "auto",
+            "how changes are found: logical (a replication slot), updated-at, or auto "
+            "(logical when the slot exists)",
+        ),
+        (
+            "--feed-slot",
+            "PROCA_STATS_FEED_SLOT",
+            DEFAULT_FEED_SLOT,
+            "the change feed's replication slot and publication; one per replica",
+        ),
+        (
+            "--state-dir",
+            "PROCA_STATS_STATE_DIR",
+            str(DEFAULT_STATE_DIR),
+            "where the figures are kept for a warm restart, one file per database",
         ),
         ("--tls-cert", "PROCA_STATS_TLS_CERT", None, "PEM certificate (chain) of the server"),
         ("--tls-key", "PROCA_STATS_TLS_KEY", None, "PEM private key of --tls-cert"),
@@ -420,6 +488,9 @@ def _add_serve_options(serve: argparse.ArgumentParser) -> None:
     )
     serve.add_argument(
         "--protect-reads", action="store_true", help="GetStats and reflection need a token too"
+    )
+    serve.add_argument(
+        "--no-state", action="store_true", help="keep no state file: every start is cold"
     )
     serve.add_argument("--log-format", choices=["text", "json"], default="text")
     serve.add_argument(
@@ -509,7 +580,22 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also create the indexes incremental refreshes use (on Proca's tables)",
     )
+    db_init.add_argument(
+        "--change-feed",
+        action="store_true",
+        help="also make the change feed's publication and replication slot",
+    )
+    _add_feed_slot(db_init)
     db_init.set_defaults(run=cmd_db_init)
+
+    drop = db_commands.add_parser(
+        "drop-feed",
+        parents=[common],
+        help="drop the change feed's replication slot and publication",
+    )
+    _add_database_options(drop)
+    _add_feed_slot(drop)
+    drop.set_defaults(run=cmd_db_drop_feed)
 
     dump = command("dump", help="run one full calculation, print JSON lines")
     _add_database_options(dump)

@@ -7,6 +7,7 @@ import logging
 from concurrent import futures
 
 import grpc
+import psycopg
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from psycopg_pool import ConnectionPool
@@ -33,6 +34,9 @@ from proca_stats.server.state.handover import Lookup, swap_in
 from proca_stats.server.state.store import StatsStore
 from proca_stats.server.state.watchers import Watchers
 from proca_stats.server.sync.changes import UpdatedAt
+from proca_stats.server.sync.detection import Detection
+from proca_stats.server.sync.feed import open_feed
+from proca_stats.server.sync.keeper import StateKeeper
 from proca_stats.server.sync.refresh import Refresher
 from proca_stats.server.sync.snapshots import CONNECTIONS, Snapshots
 from proca_stats.server.sync.worker import SyncWorker
@@ -59,6 +63,21 @@ def _run_on_pool(servicer: object, method: str, pool: futures.ThreadPoolExecutor
     setattr(servicer, method, behaviour)
 
 
+def change_detection(config: ServeConfig, url: str, metrics: Metrics) -> Detection:
+    """How the sync finds changes (``--change-feed``), reporting it to the metrics."""
+    feed = None
+    if config.change_feed != "updated-at":
+        feed = open_feed(
+            url,
+            config.feed_slot,
+            create=config.change_feed == "logical",
+            connect_timeout=config.connect_timeout,
+            lag=metrics.feed_lag.labels(config.feed_slot).set,
+        )
+    overlap = config.change_overlap_ms / 1000
+    return Detection(UpdatedAt(overlap), feed, metrics.change_feed)
+
+
 class BindError(RuntimeError):
     """The listen address cannot be used (port in use, unknown host, no permission)."""
 
@@ -81,22 +100,36 @@ class StatsServer:
             check=ConnectionPool.check_connection,
             kwargs=connection_options("proca-stats", config.connect_timeout),
         )
+        self.changes = change_detection(
+            config, config.sync_database_url or database_url, self.metrics
+        )
+        self.state = (
+            StateKeeper(config.state_dir, self.store, self._pool, config.connect_timeout)
+            if config.state_dir
+            else None
+        )
         self.refresher = Refresher(
             Snapshots(
                 self._pool,
                 connect_timeout=config.connect_timeout,
                 timeout=config.sync_timeout_ms / 1000,
             ),
-            UpdatedAt(overlap=config.change_overlap_ms / 1000),
+            self.changes,
             full_interval=config.full_sync_interval_ms / 1000,
             slow_interval=config.slow_sync_interval_ms / 1000,
+            persist=self.state.persist if self.state else None,
+        )
+        deliver = self.state.delivering(self._deliver) if self.state else self._deliver
+        warm = (
+            functools.partial(self.state.restore, self.refresher, deliver) if self.state else None
         )
         self.sync = SyncWorker(
             self.refresher,
-            self._deliver,
+            deliver,
             self.metrics,
             interval=config.sync_interval_ms / 1000,
             increments_before=self.store.arrivals,
+            before_first=warm,
         )
         self._health = HealthServicer(
             experimental_non_blocking=True,
@@ -182,7 +215,13 @@ class StatsServer:
         return port
 
     def start(self) -> None:
-        """Serve at once; figures come when the first calculation succeeds."""
+        """Serve at once; figures come when the first calculation succeeds (or from the state
+        file). With ``--change-feed logical``, a database that cannot give the feed ends the
+        start with FeedError (one reachable later is set up by the sync)."""
+        try:
+            self.changes.check()
+        except psycopg.OperationalError as error:
+            log.info("change feed: checked once the database answers (%s)", str(error).strip())
         if self._metrics_listen:
             try:
                 host, port = parse_listen(self._metrics_listen, "--metrics-listen")
@@ -207,6 +246,8 @@ class StatsServer:
         if self.fanout is not None:
             self.fanout.stop()
         self.sync.stop()
+        if self.state is not None:
+            self.state.close()
         self._pool.close()
         self.metrics.close()
 

@@ -22,6 +22,9 @@ DEFAULT_FULL_SYNC_INTERVAL_MS = 3_600_000  # the safety net
 DEFAULT_CHANGE_OVERLAP_MS = 60_000  # how late a change may commit after its updated_at
 DEFAULT_FANOUT_CHANNEL = "proca_stats"
 DEFAULT_DATA_DIR = platformdirs.user_data_path("proca-stats")
+CHANGE_FEEDS = ("auto", "logical", "updated-at")
+DEFAULT_FEED_SLOT = "proca_stats"
+DEFAULT_STATE_DIR = platformdirs.user_state_path("proca-stats")
 
 
 class ConfigError(ValueError):
@@ -73,6 +76,15 @@ class ServeConfig:
     fanout: bool = False  # share Increments with other replicas through LISTEN/NOTIFY
     fanout_channel: str = DEFAULT_FANOUT_CHANNEL
     sync_database_url: str | None = None  # None: the sync reads the database it listens on
+    change_feed: str = "auto"  # one of CHANGE_FEEDS
+    feed_slot: str = DEFAULT_FEED_SLOT
+    state_dir: Path | None = None  # None: no state file (`serve` gives the per-user one)
+
+
+def parse_change_feed(value: str) -> str:
+    if value not in CHANGE_FEEDS:
+        raise ConfigError(f"--change-feed: expected auto, logical or updated-at, got {value!r}")
+    return value
 
 
 def parse_listen(value: str, flag: str = "--listen") -> tuple[str, int]:

@@ -99,8 +99,12 @@ class SyncWorker:
         increments_before: Callable[[], int] = lambda: 0,
         retry_base: float = 0.5,
         retry_cap: float = 30.0,
+        before_first: Callable[[], None] | None = None,
     ) -> None:
-        """``interval`` is in seconds; 0 calculates once at start (retrying until it succeeds)."""
+        """``interval`` is in seconds; 0 calculates once at start (retrying until it succeeds).
+        ``before_first`` runs in the sync thread before the first refresh (a warm start),
+        retried like a refresh until it succeeds."""
+        self._before_first = before_first
         self._refresher = refresher
         self._deliver = deliver
         self._metrics = metrics
@@ -152,6 +156,9 @@ class SyncWorker:
         full = self._requests.take_full()
         self._metrics.sync_started()
         try:
+            if self._before_first is not None:
+                self._before_first()
+                self._before_first = None
             snapshot, report = self._refresher.run(
                 full=full, increments_before=self._increments_before()
             )
@@ -176,7 +183,7 @@ class SyncWorker:
         self._metrics.sync_succeeded(report.seconds)
         log.info(
             "sync: %s refresh, %d campaigns in %.3f s, %d rows read (snapshot %s; %d actions "
-            "and %d supporters changed, %d keys, %d campaigns recounted)",
+            "and %d supporters changed, %d keys, %d campaigns recounted, change feed %s)",
             report.kind,
             len(snapshot.campaigns),
             report.seconds,
@@ -186,5 +193,6 @@ class SyncWorker:
             report.changed_supporters,
             report.keys,
             report.recounted,
+            report.feed,
         )
         return True
