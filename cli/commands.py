@@ -19,6 +19,7 @@ from proca_stats.server.database import EmbeddedDatabaseError
 from proca_stats.server.database_check import DatabaseUnusable
 from proca_stats.server.demo import DemoRefused
 from proca_stats.server.logs import configure_logging
+from proca_stats.server.sync.slot import FeedError
 
 COMMANDS = serve.COMMANDS + calls.COMMANDS
 GROUPS = {"db": "database commands"}
@@ -30,6 +31,7 @@ USER_ERRORS = (
     EmbeddedDatabaseError,
     DatabaseUnusable,
     DemoRefused,
+    FeedError,
     psycopg.Error,
     StatsError,
     OSError,

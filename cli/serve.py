@@ -1,6 +1,6 @@
-"""The server commands: `serve` runs the server; `db init`, `db demo` and `dump` work on
-Proca's database. Each takes the database options (--database-url, or an embedded PostgreSQL kept
-in --data-dir)."""
+"""The server commands: `serve` runs the server; `db init`, `db demo`, `db drop-feed` and
+`dump` work on Proca's database. Each takes the database options (--database-url, or an
+embedded PostgreSQL kept in --data-dir)."""
 
 from __future__ import annotations
 
@@ -39,9 +39,10 @@ from proca_stats.server.database import (
     start_embedded,
 )
 from proca_stats.server.demo import load_demo
-from proca_stats.server.settings import ServeConfig, TlsKeys
+from proca_stats.server.settings import PER_USER_STATE_DIR, ServeConfig, TlsKeys
 from proca_stats.server.state.limits import Limits
 from proca_stats.server.sync.calculation import calculate
+from proca_stats.server.sync.slot import drop_feed, set_up
 from proca_stats.server.tracing import Tracing
 
 log = logging.getLogger("proca_stats")
@@ -93,6 +94,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
     elif args.cors_origin:
         raise ConfigError("--cors-origin: needs --http-listen")
     given = {s.field: getattr(args, s.dest) for s in args.settings if s.field}
+    given["state_dir"] = None if args.no_state else given["state_dir"] or PER_USER_STATE_DIR
     config = ServeConfig(
         **{name: value for name, value in given.items() if name not in CAPS},
         limits=Limits(**{name: value for name, value in given.items() if name in CAPS}),
@@ -184,6 +186,26 @@ def cmd_db_init(args: argparse.Namespace) -> None:
         create_recommended_indexes(url)
         print("recommended indexes ready", file=sys.stderr)
     print("schema ready", file=sys.stderr)
+    if args.change_feed:
+        with psycopg.connect(url, autocommit=True) as conn:
+            made = set_up(conn, args.feed_slot)
+        print(
+            f"change feed ready: publication and replication slot {args.feed_slot}"
+            + (" made" if made else " already there"),
+            file=sys.stderr,
+        )
+
+
+def cmd_db_drop_feed(args: argparse.Namespace) -> None:
+    slot = args.feed_slot
+    with psycopg.connect(_database_url(args), autocommit=True) as conn:
+        dropped = drop_feed(conn, slot)
+    names = ("replication slot", "publication")
+    what = [name for name, gone in zip(names, dropped, strict=True) if gone]
+    print(
+        f"dropped the {' and the '.join(what)} {slot}" if what else f"no change feed {slot}",
+        file=sys.stderr,
+    )
 
 
 def cmd_db_demo(args: argparse.Namespace) -> None:
@@ -207,5 +229,8 @@ COMMANDS = (
     Command("serve", "run the server", cmd_serve),
     Command("db init", "create the tables proca-stats reads, if missing", cmd_db_init),
     Command("db demo", "load a small Proca-shaped demo data set", cmd_db_demo),
+    Command(
+        "db drop-feed", "drop the change feed's replication slot and publication", cmd_db_drop_feed
+    ),
     Command("dump", "run one full calculation, print JSON lines", cmd_dump),
 )

@@ -7,10 +7,12 @@ replicas, and the metrics they all report to.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from concurrent import futures
 
+import psycopg
 from psycopg_pool import ConnectionPool
 
 from proca_stats.server.api.answers import Answers
@@ -33,7 +35,10 @@ from proca_stats.server.state.late import LateCheck
 from proca_stats.server.state.store import Held, StatsStore
 from proca_stats.server.state.watchers import Watchers
 from proca_stats.server.sync.changes import UpdatedAt
+from proca_stats.server.sync.detection import Detection
+from proca_stats.server.sync.feed import open_feed
 from proca_stats.server.sync.held import ASIDE_CONNECTIONS
+from proca_stats.server.sync.keeper import StateKeeper
 from proca_stats.server.sync.refresh import Refresher
 from proca_stats.server.sync.snapshots import CONNECTIONS, ConnectFailures, Snapshots
 from proca_stats.server.sync.worker import Deliver, SyncWorker, untraced
@@ -44,7 +49,9 @@ log = logging.getLogger(__name__)
 POOL_CLOSE_WAIT = 0.2  # seconds a stop waits for the connection pool's threads
 
 
-def delivering(store: StatsStore, ready: Callable[[], None], held: Callable[[], Held]) -> Deliver:
+def delivering(
+    store: StatsStore, ready: Callable[[], None], held: Callable[[], Held | None]
+) -> Deliver:
     """Where the sync hands a snapshot: swapped into the store, then the server is ready.
 
     ``held()`` gives the same snapshot as other threads ask it after the swap (the late
@@ -58,6 +65,21 @@ def delivering(store: StatsStore, ready: Callable[[], None], held: Callable[[], 
         ready()
 
     return deliver
+
+
+def change_detection(config: ServeConfig, url: str, metrics: Metrics) -> Detection:
+    """How the sync finds changes (``--change-feed``), reporting it to the metrics."""
+    feed = None
+    if config.change_feed != "updated-at":
+        feed = open_feed(
+            url,
+            config.feed_slot,
+            create=config.change_feed == "logical",
+            connect_timeout=config.connect_timeout,
+            lag=metrics.feed_lag.labels(config.feed_slot).set,
+        )
+    overlap = config.change_overlap_ms / 1000
+    return Detection(UpdatedAt(overlap), feed, metrics.change_feed)
 
 
 class StatsServer:
@@ -89,6 +111,14 @@ class StatsServer:
             check=ConnectionPool.check_connection,
             kwargs=connection_options("proca-stats", config.connect_timeout),
         )
+        self.changes = change_detection(
+            config, config.sync_database_url or database_url, self.metrics
+        )
+        self.state = (
+            StateKeeper(config.state_dir, self.store, self._pool, config.connect_timeout)
+            if config.state_dir
+            else None
+        )
         self.refresher = Refresher(
             Snapshots(
                 self._pool,
@@ -96,21 +126,28 @@ class StatsServer:
                 timeout=config.sync_timeout_ms / 1000,
                 failures=failures,
             ),
-            UpdatedAt(overlap=config.change_overlap_ms / 1000),
+            self.changes,
             full_interval=config.full_sync_interval_ms / 1000,
             slow_interval=config.slow_sync_interval_ms / 1000,
+            persist=self.state.persist if self.state else None,
         )
+        ready = functools.partial(self.health.set_serving, READY_SERVICES, True)
+        deliver = delivering(self.store, ready, self.refresher.held)
+        warm = None
+        if self.state is not None:
+            # Saved figures come with no snapshot to ask: the first refresh's handover decides.
+            warm = functools.partial(
+                self.state.restore, self.refresher, delivering(self.store, ready, lambda: None)
+            )
+            deliver = self.state.delivering(deliver)
         self.sync = SyncWorker(
             self.refresher,
-            delivering(
-                self.store,
-                lambda: self.health.set_serving(READY_SERVICES, True),
-                self.refresher.held,
-            ),
+            deliver,
             self.metrics,
             interval=config.sync_interval_ms / 1000,
             increments_before=self.store.arrivals,
             span=tracing.sync_span if tracing else untraced,
+            before_first=warm,
         )
         self.late = LateCheck(self.store, self.metrics.late_taken_back.inc)
         self.fanout: Fanout | None = None
@@ -173,7 +210,13 @@ class StatsServer:
             ) from None
 
     def start(self) -> None:
-        """Serve at once; figures come when the first calculation succeeds."""
+        """Serve at once; figures come when the first calculation succeeds (or from the state
+        file). With ``--change-feed logical``, a database that cannot give the feed ends the
+        start with FeedError (one reachable later is set up by the sync)."""
+        try:
+            self.changes.check()
+        except psycopg.OperationalError as error:
+            log.info("change feed: checked once the database answers (%s)", str(error).strip())
         if self._metrics_listen:
             try:
                 host, port = parse_listen(self._metrics_listen, "--metrics-listen")
@@ -206,6 +249,8 @@ class StatsServer:
             self.fanout.stop()
         self.late.stop()
         self.sync.stop()
+        if self.state is not None:
+            self.state.close()
         # Its threads may be stuck connecting to a database that does not answer (they give
         # up at connect_timeout); they are daemons, and nothing waits for what they bring.
         self._pool.close(timeout=POOL_CLOSE_WAIT)

@@ -170,6 +170,17 @@ def one_of(choices: Sequence[str], *, any_case: bool = False) -> Callable[[str, 
     return parse
 
 
+CHANGE_FEEDS = ("auto", "logical", "updated-at")
+
+
+def parse_change_feed(flag: str, text: str) -> str:
+    """One of CHANGE_FEEDS, refused in words an operator reads at once (a hyphenated choice
+    among quoted ones is easy to misread)."""
+    if text not in CHANGE_FEEDS:
+        raise ConfigError(f"{flag}: expected auto, logical or updated-at, got {text!r}")
+    return text
+
+
 def parse_count(
     flag: str,
     value: str,

@@ -34,6 +34,7 @@ RPC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 
 SYNC_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 # Fan-out delivery is a batching window plus a database round trip: milliseconds.
 DELIVERY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+CHANGE_FEED_KINDS = ("logical", "updated-at")
 
 
 class FanoutMetrics:
@@ -153,6 +154,25 @@ class Metrics:
         Info(
             "proca_stats_build", "The running proca-stats (always 1)", registry=self.registry
         ).info({"version": version()})
+        self._change_feed = Gauge(
+            "proca_stats_change_feed",
+            "1 for the way changes are found now (logical: the replication slot; updated-at: "
+            "the updated_at fallback), 0 for the other",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.feed_lag = Gauge(
+            "proca_stats_feed_lag_bytes",
+            "WAL between the change feed's replication slot and the current position: what "
+            "the slot keeps PostgreSQL from recycling (after each refresh)",
+            ["slot"],
+            registry=self.registry,
+        )
+
+    def change_feed(self, kind: str) -> None:
+        """The change detection now in use."""
+        for each in CHANGE_FEED_KINDS:
+            self._change_feed.labels(each).set(1 if each == kind else 0)
 
     def fanout(self) -> FanoutMetrics:
         """Register the fan-out's collectors (once per server)."""

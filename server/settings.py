@@ -30,6 +30,7 @@ from proca_stats.server.checks import (
     one_of,
     parse_address,
     parse_address_or_none,
+    parse_change_feed,
     parse_channel,
     parse_count,
     parse_int64,
@@ -49,12 +50,17 @@ T = TypeVar("T")
 # Which commands take a setting.
 ALL = ("all",)  # given before the command's name, or after it on any command
 SERVE = ("serve",)
-DATABASE = ("serve", "db init", "db demo", "dump")  # the commands that use Proca's database
+# The commands that use Proca's database.
+DATABASE = ("serve", "db init", "db demo", "db drop-feed", "dump")
+FEED = ("serve", "db init", "db drop-feed")  # the commands that name the change feed
 CALLS = ("get", "increment", "health")  # the client commands: they call a running server
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LIMITS = Limits()
 NO_ORIGINS: tuple[str, ...] = ()  # no page may read over HTTP
+# Where `serve` keeps its state file unless told: ServeConfig's own default is none, so
+# that a server embedded in a program or a test never finds another one's figures.
+PER_USER_STATE_DIR = platformdirs.user_state_path("proca-stats")
 
 
 @dataclass(frozen=True)
@@ -190,6 +196,23 @@ SETTINGS: tuple[Setting[Any], ...] = (
             default="proca_stats", parse=parse_channel, field="fanout_channel",
             help="the LISTEN/NOTIFY channel: lower-case letters, digits and `_`, "
             "at most 63 characters"),
+    CHANGE_FEED := Setting(
+            "--change-feed", SERVE, metavar="KIND", env="PROCA_STATS_CHANGE_FEED",
+            default="auto", parse=parse_change_feed, field="change_feed",
+            help="how a sync finds changed rows: `logical` (a replication slot; see "
+            "[Running beside Proca](#running-beside-proca)), `updated-at`, or `auto` "
+            "(`logical` when the slot exists)"),
+    FEED_SLOT := Setting(
+            "--feed-slot", FEED, metavar="NAME", env="PROCA_STATS_FEED_SLOT",
+            default="proca_stats", parse=parse_channel, field="feed_slot",
+            help="the change feed's replication slot and publication; one per replica"),
+    STATE_DIR := Setting(
+            "--state-dir", SERVE, metavar="DIR", env="PROCA_STATS_STATE_DIR", default=None,
+            parse=parse_path, field="state_dir",
+            shown_default="per-user state dir (`~/.local/state/proca-stats`)",
+            help="where the figures are kept for a warm restart, one file per database"),
+    Setting("--no-state", SERVE, env="PROCA_STATS_NO_STATE", default=False, parse=parse_switch,
+            help="keep no state file: every start is cold"),
     Setting("--tls-cert", SERVE, metavar="FILE", env="PROCA_STATS_TLS_CERT", default=None,
             parse=parse_text,
             help="PEM certificate (chain) of the server; turns TLS on, with `--tls-key`"),
@@ -289,6 +312,8 @@ SETTINGS: tuple[Setting[Any], ...] = (
     Setting("--recommended-indexes", ("db init",), default=False, parse=parse_switch,
             help="also create the indexes incremental syncs use "
             "(see [Recommended indexes](#recommended-indexes))"),
+    Setting("--change-feed", ("db init",), default=False, parse=parse_switch,
+            help="also make the change feed's publication and replication slot"),
     Setting("--force", ("db demo",), default=False, parse=parse_switch,
             help="load the demo data set even beside rows the tables hold"),
 )
@@ -347,6 +372,9 @@ class ServeConfig:
     http_max_age: int = HTTP_MAX_AGE.default
     cors_origins: tuple[str, ...] = CORS_ORIGINS.default  # pages that may read; "*": any
     http_timeouts: HttpTimeouts = HttpTimeouts()
+    change_feed: str = CHANGE_FEED.default  # one of CHANGE_FEEDS
+    feed_slot: str = FEED_SLOT.default
+    state_dir: Path | None = STATE_DIR.default  # None: no state file (`serve` names one)
 
 
 def plain(markdown: str) -> str:

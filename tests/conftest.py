@@ -27,6 +27,7 @@ from proca_stats.server.app import StatsServer
 from proca_stats.server.database import embedded_postgres, init_schema
 from proca_stats.server.settings import ServeConfig
 from tests.support.database import Refreshing, postgres_folder, refresher_on
+from tests.support.logical_postgres import drop_database, fresh_database, logical_postgres
 from tests.support.proca_data import ProcaData
 from tests.support.servers import PROCA_STATS, clean_env, free_port, is_serving
 from tests.support.waiting import wait_for
@@ -71,6 +72,14 @@ def database_url(create_database: Callable[[], str]) -> str:
     url = create_database()
     init_schema(url)
     return url
+
+
+@pytest.fixture
+def logical_url() -> Iterator[str]:
+    """A fresh database with Proca's schema in a PostgreSQL with wal_level logical."""
+    url, name = fresh_database()
+    yield url
+    drop_database(logical_postgres().url, name)
 
 
 @pytest.fixture

@@ -2,10 +2,14 @@
 
 Changes are made the way Proca makes them: every insert and update of an
 action or a supporter sets its ``updated_at`` (here from a test clock that only
-moves forward). Deletes leave no trace for an incremental refresh to find; the
-server's safety net is a full calculation at ``--full-sync-interval``, so after
-a delete this test runs that full calculation, as the server would, and then
-goes on incrementally from it.
+moves forward). The refresh finds them two ways, each tested on its own:
+
+- the logical change feed (on a PostgreSQL with wal_level logical): deletes
+  included, every refresh is incremental;
+- the updated-at fallback, with and without the recommended indexes: deletes
+  leave no row for it to find; the server's safety net is a full calculation at
+  ``--full-sync-interval``, so after a delete this test runs that full
+  calculation, as the server would, and then goes on incrementally from it.
 
 The full calculation itself is checked against Proca 3.4's queries (two
 ``DISTINCT ON`` passes) on the same random data, so the one-sort calculation
@@ -14,6 +18,7 @@ is held to the figures Proca gives.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -21,9 +26,12 @@ import psycopg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from proca_stats.server.database import RECOMMENDED_INDEXES
 from proca_stats.server.state.counters import CampaignCounters
 from proca_stats.server.sync.calculation import calculate
+from proca_stats.server.sync.refresh import Refresher
 from tests.support.database import Refreshing
+from tests.support.logical_postgres import feed_refresher
 
 BASE = datetime(2026, 3, 1, 9, 0, 0)
 FINGERPRINTS = [b"ann", b"ben", b"cat", b"dan"]
@@ -190,9 +198,13 @@ ranks = st.one_of(st.none(), st.integers(0, 1))
 areas = st.integers(0, len(AREAS) - 1)
 any_index = st.integers(0, 1000)
 
-changes = st.one_of(
+# Rows to change: a person, or an action (of a supporter, or anonymous).
+creations = st.one_of(
     st.tuples(st.just("person"), pages, fingerprints, areas, statuses, ranks, statuses, seconds),
     st.tuples(st.just("action"), pages, any_index, st.booleans(), statuses, st.booleans(), seconds),
+)
+changes = st.one_of(
+    creations,
     st.tuples(st.just("action status"), any_index, statuses),
     st.tuples(st.just("action testing"), any_index, st.booleans()),
     st.tuples(st.just("action time"), any_index, seconds),
@@ -266,32 +278,68 @@ def apply(proca: Proca, change: tuple[object, ...]) -> bool:
     return False
 
 
-@settings(
-    max_examples=60,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-@given(steps=st.lists(changes, min_size=1, max_size=20))
-def test_incremental_refresh_equals_a_full_calculation_after_every_change(
-    database_url: str,
-    refreshing: Refreshing,
+def check(
+    url: str,
+    opened: AbstractContextManager[Refresher],
     steps: list[tuple[object, ...]],
+    *,
+    feed: bool,
 ) -> None:
-    with psycopg.connect(database_url, autocommit=True) as conn:
+    """Apply the steps one by one, refreshing after each; the figures must be a fresh full
+    calculation's every time. On the feed every refresh after the first is incremental."""
+    with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(
             "TRUNCATE actions, supporters, action_pages, campaigns, orgs RESTART IDENTITY CASCADE"
         )
         proca = Proca(conn)
         proca.setup()
         # Every change is refreshed at once, closed campaigns included (slow interval 0).
-        with refreshing() as refresher:
+        with opened as refresher:
             snapshot, _ = refresher.run()
             refresher.settle()
             for step in steps:
                 deleted = apply(proca, step)
-                snapshot, report = refresher.run(full=deleted)
+                snapshot, report = refresher.run(full=deleted and not feed)
                 refresher.settle()
-                with psycopg.connect(database_url) as fresh:
+                with psycopg.connect(url) as fresh:
                     expected = calculate(fresh).campaigns
                     assert proca_figures(fresh) == expected, "the full calculation is Proca's"
                 assert snapshot.campaigns == expected, f"after {step} ({report.kind})"
+                if feed:
+                    assert report.kind == "incremental", step
+
+
+SETTINGS = settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+# A few rows first, so that the changes after them (deletes too) have rows to change.
+STEPS = st.tuples(
+    st.lists(creations, min_size=2, max_size=6), st.lists(changes, min_size=1, max_size=16)
+).map(lambda both: both[0] + both[1])
+
+
+@SETTINGS
+@given(steps=STEPS, indexed=st.booleans())
+def test_incremental_refresh_equals_a_full_calculation_after_every_change(
+    database_url: str,
+    refreshing: Refreshing,
+    steps: list[tuple[object, ...]],
+    indexed: bool,
+) -> None:
+    """The updated-at fallback, reading whole tables or, with the indexes, a window."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        for statement in (s for s in RECOMMENDED_INDEXES if "updated_at" in s):
+            name = statement.split()[5]
+            conn.execute((statement if indexed else f"DROP INDEX IF EXISTS {name}").encode())
+    check(database_url, refreshing(overlap=1), steps, feed=False)
+
+
+@SETTINGS
+@given(steps=STEPS)
+def test_feed_refresh_equals_a_full_calculation_after_every_change(
+    logical_url: str, steps: list[tuple[object, ...]]
+) -> None:
+    """The logical feed: deletes and all, every refresh incremental."""
+    check(logical_url, feed_refresher(logical_url), steps, feed=True)

@@ -35,6 +35,7 @@ from psycopg import IsolationLevel, sql
 from psycopg.rows import TupleRow
 
 from proca_stats.server.state.counters import Snapshot
+from proca_stats.server.sync.position import Position
 from proca_stats.server.sync.tally import CampaignTally, Credit
 
 # For this transaction only: sorts and hashes in memory, no JIT compilation
@@ -120,12 +121,13 @@ FIRST_AREAS = f"""
     ORDER BY a.campaign_id, s.fingerprint, a.inserted_at, a.id
 """
 
-# Accepted, non-testing actions, with or without a supporter.
+# Accepted actions, with or without a supporter: the non-testing ones are the action counts,
+# and all of them the campaign's ``paired`` count (tally.py says what it is for).
 ACTIONS_BY_TYPE = """
-    SELECT campaign_id, action_type, count(*)
+    SELECT campaign_id, action_type, testing, count(*)
     FROM actions
-    WHERE processing_status IN (3, 4) AND NOT testing {where}
-    GROUP BY campaign_id, action_type
+    WHERE processing_status IN (3, 4) {where}
+    GROUP BY campaign_id, action_type, testing
 """
 
 # Pages and campaigns are small tables: read whole, every time.
@@ -148,19 +150,29 @@ class CountingCursor(Cursor):
         return self
 
 
-def keep_snapshot(conn: psycopg.Connection[TupleRow]) -> tuple[datetime, str]:
+# The snapshot is taken as this statement starts, so the WAL position it reads comes after it
+# (position.py says why that matters).
+KEEP = """
+    SELECT now(), pg_export_snapshot(), pg_current_snapshot()::text, pg_is_in_recovery(),
+           CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()
+                ELSE pg_current_wal_insert_lsn() END
+"""
+
+
+def keep_snapshot(conn: psycopg.Connection[TupleRow]) -> tuple[datetime, str, Position]:
     """Open a read-only repeatable-read transaction that only keeps its snapshot.
 
     It reads no table, so it holds no lock; other transactions read in its
     snapshot by its id (``read_in``) while it stays open. Returns when the
-    snapshot was taken and its id.
+    snapshot was taken, its id, and where it stands among transactions and in the WAL.
     """
     conn.autocommit = False
     conn.isolation_level = IsolationLevel.REPEATABLE_READ
     conn.read_only = True
-    row = conn.execute("SELECT now(), pg_export_snapshot()").fetchone()
+    row = conn.execute(KEEP).fetchone()
     assert row is not None
-    return row[0], row[1]
+    taken_at, snapshot_id, transactions, standby, lsn = row
+    return taken_at, snapshot_id, Position.parse(transactions, lsn, standby)
 
 
 def limit_time(cur: psycopg.Cursor[TupleRow], timeout_ms: int) -> None:
@@ -257,10 +269,12 @@ def campaign_figures(
     for key, org_id in to_look_up:
         tallies[key[0]].credit((org_id, areas.get(key)), 1)
     action_where = where.replace("a.campaign_id", "campaign_id")
-    for campaign_id, action_type, count in cur.execute(
+    for campaign_id, action_type, testing, count in cur.execute(
         ACTIONS_BY_TYPE.format(where=action_where).encode(), params
     ):
-        tallies[campaign_id].count_actions(action_type, count)
+        tallies[campaign_id].paired += count
+        if not testing:
+            tallies[campaign_id].count_actions(action_type, count)
     return dict(tallies)
 
 

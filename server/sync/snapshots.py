@@ -26,6 +26,7 @@ from psycopg.rows import TupleRow
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from proca_stats.server.sync.calculation import CountingCursor, Cursor, keep_snapshot, read_in
+from proca_stats.server.sync.position import Position
 
 # Looking keys up waits on page reads at random places when the database's pages are
 # not cached (about 0.1 ms each on the benchmark's machine, several per key): spread
@@ -89,11 +90,13 @@ class ConnectFailures:
 
 @dataclass(frozen=True)
 class Kept:
-    """A snapshot kept open: the transaction that keeps it, its id, when it was taken."""
+    """A snapshot kept open: the transaction that keeps it, its id, when it was taken, and
+    where it stands among transactions and in the WAL."""
 
     keeper: Connection
     snapshot_id: str
     taken_at: datetime
+    position: Position
 
 
 def parts(size: int) -> int:
@@ -139,11 +142,11 @@ class Snapshots:
         try:
             if self._work is None:
                 self._work = self._take(self._connect_timeout)
-            taken_at, snapshot_id = keep_snapshot(keeper)
+            taken_at, snapshot_id, position = keep_snapshot(keeper)
         except BaseException:
             self.release(keeper)
             raise
-        return Kept(keeper, snapshot_id, taken_at)
+        return Kept(keeper, snapshot_id, taken_at, position)
 
     @contextmanager
     def reading(self, snapshot_id: str) -> Iterator[CountingCursor]:

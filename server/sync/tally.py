@@ -45,6 +45,10 @@ class CampaignTally:
     by_area: dict[str, int] = field(default_factory=dict)
     actions: dict[str, int] = field(default_factory=dict)
     extra: dict[int | None, int] = field(default_factory=dict)  # org → sum, pages with extra ≠ 0
+    # Accepted actions (status 3 or 4), testing ones included: every action that can count
+    # in a figure. It is not published; it lets a refresh without the earlier snapshot find
+    # the campaigns that lost such an action to a delete (refresh.py, after a warm start).
+    paired: int = 0
 
     def credit(self, credit: Credit, n: int) -> None:
         """Count ``n`` supporters (negative: uncount) with the given org and area."""
@@ -66,6 +70,7 @@ class CampaignTally:
             dict(self.by_area),
             dict(self.actions),
             dict(self.extra),
+            self.paired,
         )
 
     def counters(self) -> CampaignCounters:

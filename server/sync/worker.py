@@ -123,9 +123,12 @@ class SyncWorker:
         retry_base: float = 0.5,
         retry_cap: float = 30.0,
         span: Callable[[], AbstractContextManager[RunSpan]] = untraced,
+        before_first: Callable[[], None] | None = None,
     ) -> None:
         """``interval`` is in seconds; 0 calculates once at start (retrying until it succeeds).
-        ``span()`` surrounds each run (tracing)."""
+        ``span()`` surrounds each run (tracing). ``before_first`` runs in the sync thread
+        before the first refresh (a warm start), retried like a refresh until it succeeds."""
+        self._before_first = before_first
         self._refresher = refresher
         self._deliver = deliver
         self._metrics = metrics
@@ -187,6 +190,9 @@ class SyncWorker:
         full = self._requests.take_full()
         self._metrics.sync_started()
         try:
+            if self._before_first is not None:
+                self._before_first()
+                self._before_first = None
             snapshot, report = self._refresher.run(
                 full=full, increments_before=self._increments_before()
             )
@@ -217,7 +223,7 @@ class SyncWorker:
         )
         log.info(
             "sync: %s refresh, %d campaigns in %.3f s, %d rows read (snapshot %s; %d actions "
-            "and %d supporters changed, %d keys, %d campaigns recounted)",
+            "and %d supporters changed, %d keys, %d campaigns recounted, change feed %s)",
             report.kind,
             len(snapshot.campaigns),
             report.seconds,
@@ -227,6 +233,7 @@ class SyncWorker:
             report.changed_supporters,
             report.keys,
             report.recounted,
+            report.feed,
         )
         return None
 
