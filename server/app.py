@@ -136,9 +136,8 @@ class StatsServer:
         warm = None
         if self.state is not None:
             # Saved figures come with no snapshot to ask: the first refresh's handover decides.
-            warm = functools.partial(
-                self.state.restore, self.refresher, delivering(self.store, ready, lambda: None)
-            )
+            swap = delivering(self.store, lambda: None, lambda: None)
+            warm = functools.partial(self.state.restore, self.refresher, swap, ready)
             deliver = self.state.delivering(deliver)
         self.sync = SyncWorker(
             self.refresher,

@@ -11,6 +11,7 @@ import psycopg
 import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import TupleRow
 
 from proca_stats.server.app import StatsServer
 from proca_stats.server.state.counters import CampaignCounters
@@ -56,6 +57,11 @@ def slot_position(url: str, slot: str = "proca_stats") -> str | None:
     return row and row[0]
 
 
+def setting(conn: psycopg.Connection[TupleRow], name: str) -> str | None:
+    row = conn.execute("SELECT current_setting(%s)", (name,)).fetchone()
+    return row and row[0]
+
+
 def sync_waiting(admin: str) -> bool:
     """Whether a session waits for a synchronous standby to confirm its commit."""
     with psycopg.connect(admin) as conn:
@@ -89,6 +95,11 @@ def test_a_commit_not_yet_seen_by_the_snapshot_is_left_for_the_next_refresh(
             conn.execute("ALTER SYSTEM SET synchronous_standby_names = 'nobody'")
             conn.execute("SELECT pg_reload_conf()")
         try:
+            # A reload reaches each session when it next gets the postmaster's signal.
+            wait_for(
+                lambda: setting(waiting, "synchronous_standby_names") == "nobody",
+                what="the session to read the reloaded configuration",
+            )
             waiting.execute("SET synchronous_commit = on")
 
             def write() -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from contextlib import suppress
 from pathlib import Path
 
@@ -60,8 +60,10 @@ class StateKeeper:
 
         return noting
 
-    def restore(self, refresher: Refresher, deliver: Deliver) -> None:
-        """Serve the saved figures of this database, if a trusted file has them."""
+    def restore(self, refresher: Refresher, deliver: Deliver, ready: Callable[[], None]) -> None:
+        """Serve the saved figures of this database, if a trusted file has them: swapped in
+        with ``deliver``, the Increments counted on top of them again, then ``ready()``, so
+        that the first answers are those the last run gave."""
         with self._pool.connection(self._connect_timeout) as conn:
             self._identity = identify(conn.cursor())
         saved = self._file.read(self._identity)
@@ -73,11 +75,14 @@ class StateKeeper:
             with suppress(CapacityError):  # past a cap now: the next refresh counts it
                 self._store.increment(increment)
         self._held, self._confirmed = saved.held, saved.confirmed
+        # Said before SERVING: whoever sees the server SERVING can tell where its figures
+        # came from.
         log.info(
             "warm start: serving the figures of the snapshot of %s from %s",
             saved.held.taken_at.isoformat(),
             self._file.path(self._identity),
         )
+        ready()
 
     def persist(self, held: HeldFigures) -> None:
         """Write the held snapshot (the refresher's hook, after each settled refresh)."""
