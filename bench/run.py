@@ -32,153 +32,33 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent import futures
 from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
 import psycopg
-from psycopg import sql
+from calculations import full_calculation, ours, runs_text, timed
+from dataset import build, create_database, describe, drop_database
 from psycopg.conninfo import make_conninfo
 from psycopg_pool import ConnectionPool
-from serving import free_port, serve_process
+from serving import free_port, memory_mib, serve_process
 
 from proca_stats.contract.v1 import stats_pb2
-from proca_stats.server.database import create_recommended_indexes, init_schema
+from proca_stats.server.database import create_recommended_indexes
 from proca_stats.server.settings import ServeConfig
 from proca_stats.server.state.counters import CampaignCounters
-from proca_stats.server.sync.calculation import calculate
 from proca_stats.server.sync.changes import UpdatedAt
 from proca_stats.server.sync.refresh import Refresher
 from proca_stats.server.sync.snapshots import CONNECTIONS, Snapshots
 
-HERE = Path(__file__).resolve().parent
 GET_STATS = "/proca.stats.v1.StatsService/GetStats"
 INCREMENT = "/proca.stats.v1.StatsService/Increment"
 
 
 def say(text: str = "") -> None:
     print(text, flush=True)
-
-
-# --- the data set -------------------------------------------------------------------------
-
-
-def drop_database(admin_url: str, name: str) -> None:
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
-
-
-def create_database(admin_url: str, name: str, template: str = "template1") -> str:
-    """A new database (a copy of ``template``) in place of any of that name; returns its URL."""
-    drop_database(admin_url, name)
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                sql.Identifier(name), sql.Identifier(template)
-            )
-        )
-    return make_conninfo(admin_url, dbname=name)
-
-
-def build(admin_url: str, name: str, supporters: int, actions: int, campaigns: int) -> str:
-    """A fresh database holding the data set; returns its URL."""
-    url = create_database(admin_url, name)
-    init_schema(url)
-    script = (HERE / "dataset.sql").read_text()
-    values = {"supporters": supporters, "actions": actions, "campaigns": campaigns}
-    script = re.sub(r":(supporters|actions|campaigns)\b", lambda m: str(values[m[1]]), script)
-    started = time.monotonic()
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(script.encode())
-        # As `proca-stats db init --recommended-indexes` would (docs/sync.md).
-        create_recommended_indexes(url)
-        conn.execute("VACUUM ANALYZE")
-    say(f"  built in {time.monotonic() - started:.0f} s")
-    return url
-
-
-def describe(url: str) -> None:
-    with psycopg.connect(url) as conn:
-        for table in ("campaigns", "action_pages", "supporters", "actions"):
-            row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table)))
-            say(f"  {table:>13}: {row.fetchone()[0]:>9,}")  # type: ignore[index]
-        pairs = conn.execute((HERE / "floor.sql").read_text().encode()).fetchone()
-        say(f"  counted (action, supporter) pairs: {pairs[0]:,}")  # type: ignore[index]
-
-
-# --- 1. full calculation -----------------------------------------------------------------
-
-
-def proca34(url: str) -> dict[int, CampaignCounters]:
-    """Proca 3.4's queries, in one repeatable-read transaction, as figures."""
-    orgs_q, areas_q, extra_q, actions_q = (HERE / "proca34.sql").read_text().split("----")
-    totals: dict[int, int] = {}
-    orgs: dict[int, dict[int, int]] = {}
-    areas: dict[int, dict[str, int]] = {}
-    actions: dict[int, dict[str, int]] = {}
-    with psycopg.connect(url) as conn:
-        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        campaigns = [c for (c,) in conn.execute("SELECT id FROM campaigns")]
-        for query in (orgs_q, extra_q):
-            for campaign_id, org_id, count in conn.execute(query.encode()):
-                totals[campaign_id] = totals.get(campaign_id, 0) + int(count)
-                if org_id is not None:
-                    by_org = orgs.setdefault(campaign_id, {})
-                    by_org[org_id] = by_org.get(org_id, 0) + int(count)
-        for campaign_id, area, count in conn.execute(areas_q.encode()):
-            areas.setdefault(campaign_id, {})[area] = count
-        for campaign_id, action_type, count in conn.execute(actions_q.encode()):
-            actions.setdefault(campaign_id, {})[action_type] = count
-    return {
-        c: CampaignCounters(totals.get(c, 0), actions.get(c, {}), areas.get(c, {}), orgs.get(c, {}))
-        for c in campaigns
-    }
-
-
-def ours(url: str) -> dict[int, CampaignCounters]:
-    with psycopg.connect(url) as conn:
-        return calculate(conn).campaigns
-
-
-def floor(url: str) -> None:
-    with psycopg.connect(url) as conn:
-        conn.execute((HERE / "floor.sql").read_text().encode()).fetchall()
-
-
-def timed(run: Callable[[], object]) -> float:
-    started = time.perf_counter()
-    run()
-    return time.perf_counter() - started
-
-
-def full_calculation(url: str, rounds: int) -> float:
-    say(f"\n1. Full calculation (alternating, median of {rounds} rounds)")
-    ours_figures, proca_figures = ours(url), proca34(url)  # warm-up, and the identity check
-    identical = ours_figures == proca_figures
-    say(
-        f"  figures identical to Proca 3.4's queries: {identical} ({len(ours_figures):,} campaigns)"
-    )
-    if not identical:
-        sys.exit("bench: the figures differ from Proca 3.4's: that is a bug")
-    times: dict[str, list[float]] = {"a": [], "b": [], "c": []}
-    for _ in range(rounds):
-        times["a"].append(timed(lambda: ours(url)))
-        times["b"].append(timed(lambda: proca34(url)))
-        times["c"].append(timed(lambda: floor(url)))
-    a, b, c = (statistics.median(times[k]) for k in "abc")
-    say(f"  (a) proca-stats full calculation: {a:7.3f} s   runs {_runs(times['a'])}")
-    say(f"  (b) Proca 3.4's queries:          {b:7.3f} s   runs {_runs(times['b'])}")
-    say(f"  (c) bare join scan (floor):       {c:7.3f} s   runs {_runs(times['c'])}")
-    say(f"  a/b = {a / b:.2f}  (goal <= 0.50)    a/c = {a / c:.2f}")
-    return a
-
-
-def _runs(values: list[float]) -> str:
-    return " ".join(f"{v:.3f}" for v in values)
 
 
 # --- 2. incremental refresh --------------------------------------------------------------
@@ -263,7 +143,7 @@ def _refreshes(url: str, full_seconds: float, sizes: list[int], rounds: int) -> 
                 seconds = statistics.median(times)
                 say(
                     f"  N = {n:>7,}: {seconds:7.3f} s = {seconds / full_seconds:6.1%} of a full"
-                    f" calculation (runs {_runs(times)}; {report.kind}: {report.keys:,} keys,"
+                    f" calculation (runs {runs_text(times)}; {report.kind}: {report.keys:,} keys,"
                     f" {report.recounted} campaigns recounted; each equal to a full calculation)"
                 )
         finally:
@@ -375,7 +255,7 @@ def load(url: str, seconds: int, clients: int, streams: int, rounds: int) -> Non
     for _ in range(rounds):
         with serve_process(url, "--sync-interval", "0") as (_, port):
             with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-                answer = channel.unary_unary(GET_STATS)(get[5:], timeout=5)
+                answer = channel.unary_unary(GET_STATS, None, None)(get[5:], timeout=5)
             measure("GetStats, no calculation", port, GET_STATS, get)
             measure("Increment, no calculation", port, INCREMENT, inc)
         # Back-to-back full calculations: one always runs.
@@ -409,17 +289,17 @@ def load(url: str, seconds: int, clients: int, streams: int, rounds: int) -> Non
 
 def memory(admin_url: str, name: str) -> None:
     say("\n4. Peak memory of the server with 100,000 campaigns")
-    url = build(admin_url, name, supporters=300_000, actions=450_000, campaigns=100_000)
-    with serve_process(url, "--sync-interval", "0") as (process, _):
-        status = Path(f"/proc/{process.pid}/status").read_text()
-        peak = re.search(r"VmHWM:\s+(\d+) kB", status)
-        rss = re.search(r"VmRSS:\s+(\d+) kB", status)
-    assert peak is not None
-    assert rss is not None
-    say(
-        f"  peak RSS {int(peak[1]) / 1024:.0f} MiB,"
-        f" RSS after the first calculation {int(rss[1]) / 1024:.0f} MiB"
+    url = build(
+        admin_url,
+        name,
+        supporters=300_000,
+        actions=450_000,
+        campaigns=100_000,
+        indexes=create_recommended_indexes,
     )
+    with serve_process(url, "--sync-interval", "0") as (process, _):
+        peak, rss = memory_mib(process.pid)
+    say(f"  peak RSS {peak:.0f} MiB, RSS after the first calculation {rss:.0f} MiB")
     drop_database(admin_url, name)
 
 
@@ -451,11 +331,21 @@ def main() -> None:
             f"Building the data set in {args.name} ({args.supporters:,} supporters,"
             f" {args.actions:,} actions, {args.campaigns} campaigns)"
         )
-        url = build(args.database_url, args.name, args.supporters, args.actions, args.campaigns)
+        url = build(
+            args.database_url,
+            args.name,
+            args.supporters,
+            args.actions,
+            args.campaigns,
+            # As `proca-stats db init --recommended-indexes` would (docs/sync.md).
+            indexes=create_recommended_indexes,
+        )
     describe(url)
-    full_seconds = (
-        full_calculation(url, args.rounds) if "full" not in args.skip else timed(lambda: ours(url))
-    )
+    if "full" in args.skip:
+        full_seconds = timed(lambda: ours(url))
+    else:
+        say(f"\n1. Full calculation (alternating, median of {args.rounds} rounds)")
+        full_seconds = full_calculation(url, args.rounds).ours
     if "incremental" not in args.skip:
         incremental(args.database_url, args.name, full_seconds, [1, 1_000, 100_000], args.rounds)
     if "load" not in args.skip:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -39,22 +40,30 @@ def is_serving(port: int) -> bool:
             )
         except grpc.RpcError:
             return False
-    return reply.status == health_pb2.HealthCheckResponse.SERVING
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+PROCA_STATS = str(Path(sys.executable).with_name("proca-stats"))
 
 
 @contextmanager
 def serve_process(
-    database_url: str, *options: str, ready_within: float = 300, executable: str | None = None
+    database_url: str,
+    *options: str,
+    ready_within: float = 300,
+    executable: str | None = None,
+    log: Path | None = None,
 ) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    """`proca-stats serve` with ``options`` for the block; yields the process and its port.
+    """`proca-stats serve` with ``options`` for the block; yields the process and its port
+    once it is SERVING, and ends it with SIGTERM. With ``log``, its INFO log goes there.
 
     ``executable``: another build's `proca-stats` command, to compare with (default: this one's).
     """
     port = free_port()
     command = [
-        executable or str(Path(sys.executable).with_name("proca-stats")),
+        executable or PROCA_STATS,
         "--log-level",
-        "WARNING",
+        "WARNING" if log is None else "INFO",
         "serve",
         "--listen",
         f"127.0.0.1:{port}",
@@ -62,17 +71,33 @@ def serve_process(
         database_url,
         *options,
     ]
-    process = subprocess.Popen(command)
+    with open(log or os.devnull, "ab") as stderr:
+        process = subprocess.Popen(command, stderr=None if log is None else stderr)
     try:
         deadline = time.monotonic() + ready_within
         while not is_serving(port):
             if process.poll() is not None or time.monotonic() > deadline:
                 sys.exit(f"proca-stats serve did not become ready: {' '.join(command)}")
-            time.sleep(0.1)
+            time.sleep(0.02)
         yield process, port
     finally:
         process.terminate()
-        process.wait(timeout=30)
+        process.wait(timeout=60)
+
+
+def serve_options() -> str:
+    """`proca-stats serve --help`: which options this server has."""
+    done = subprocess.run([PROCA_STATS, "serve", "--help"], capture_output=True, text=True)
+    return done.stdout
+
+
+def memory_mib(pid: int) -> tuple[float, float]:
+    """The process's peak resident memory so far (VmHWM) and its resident memory now, in MiB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    peak, rss = (re.search(rf"{name}:\s+(\d+) kB", status) for name in ("VmHWM", "VmRSS"))
+    assert peak is not None
+    assert rss is not None
+    return int(peak[1]) / 1024, int(rss[1]) / 1024
 
 
 @contextmanager
