@@ -10,7 +10,7 @@ answer), so a source may report too much, never too little.
 
 Two sources stand behind it: the logical change feed (feed.py), and
 ``UpdatedAt`` here, the fallback that needs nothing from the database's
-configuration. docs/feed.md compares them.
+configuration. docs/sync.md compares them.
 
 ``UpdatedAt`` finds a changed row by its ``xmin``, the transaction that wrote
 its current version: a row written after L has one L does not see. Without an
