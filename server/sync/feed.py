@@ -5,8 +5,8 @@ slot remembers how far its reader confirmed. The feed reads through an ordinary
 connection (``pg_logical_slot_peek_binary_changes``, then
 ``pg_replication_slot_advance``) rather than the replication protocol: it reads
 when a refresh asks, in the refresh's own transaction (so a stop cancels it, and
-``--sync-timeout`` bounds it), and needs no streaming client. docs/sync.md says
-more (Change feed).
+``--sync-timeout`` bounds it), and needs no streaming client. docs/feed.md says
+more.
 
 How the slot's position and the snapshots agree. Each kept snapshot knows the
 transactions it sees and the WAL inserted just before (position.py). A refresh
@@ -63,8 +63,6 @@ PEEK = """
         'proto_version', '1', 'publication_names', %(slot)s::text)
 """
 FLUSHED = "SELECT pg_current_wal_flush_lsn()"
-# A transaction id makes a commit record, which its commit flushes with the WAL before it.
-TAKE_XID = "SELECT pg_current_xact_id()"
 ADVANCE = "SELECT pg_replication_slot_advance(%s, %s::pg_lsn)"
 # An advisory lock per slot name, in a key space of proca-stats's own.
 LOCK = "SELECT pg_try_advisory_lock(1886614630, hashtext(%s))"
@@ -187,8 +185,6 @@ class LogicalFeed:
     def changed(self, cur: Cursor, since: Mark, at: Position) -> Changed:
         assert isinstance(since, FeedMark)
         flushed = parse_lsn(next(cur.execute(FLUSHED))[0])
-        if flushed < at.lsn and self._flush():
-            flushed = at.lsn  # flushed up to a commit made after the position was read
         # Flushed past N: the peek reads every record before N's position, a record boundary.
         # Else it reads what was flushed, whose last record may be cut: the slot then moves
         # only to the end of the last commit read.
@@ -218,26 +214,6 @@ class LogicalFeed:
             pages=sorted_out.pages,
             complete=sorted_out.complete and not sorted_out.missed,
         )
-
-    def _flush(self) -> bool:
-        """Have the WAL flushed past the snapshot's position; False when it cannot be.
-
-        A peek stops at the flushed position, but a record it reaches that is only partly
-        flushed makes it wait, polling, for the rest. On a quiet database nothing may flush
-        it for many seconds (the WAL writer flushes whole pages; a standby snapshot record is
-        written every 15 s): refreshes then took 5 to 20 s instead of milliseconds. An empty
-        transaction that takes an id commits, flushing the WAL up to its commit record,
-        locally (a synchronous standby is not waited for)."""
-        if self._conn is None:
-            return False
-        try:
-            with self._conn.transaction():
-                self._conn.execute("SET LOCAL synchronous_commit = local")
-                self._conn.execute(TAKE_XID)
-        except psycopg.Error as error:  # a read-only role, say: the peek may wait
-            log.debug("change feed: cannot flush the WAL: %s", str(error).strip())
-            return False
-        return True
 
     def settled(self, mark: Mark) -> None:
         """Advance the slot to the mark: the changes before it are in the held snapshot."""
