@@ -5,8 +5,8 @@ slot remembers how far its reader confirmed. The feed reads through an ordinary
 connection (``pg_logical_slot_peek_binary_changes``, then
 ``pg_replication_slot_advance``) rather than the replication protocol: it reads
 when a refresh asks, in the refresh's own transaction (so a stop cancels it, and
-``--sync-timeout`` bounds it), and needs no streaming client. docs/feed.md says
-more.
+``--sync-timeout`` bounds it), and needs no streaming client. docs/sync.md says
+more (Change feed).
 
 How the slot's position and the snapshots agree. Each kept snapshot knows the
 transactions it sees and the WAL inserted just before (position.py). A refresh
