@@ -1,13 +1,19 @@
-"""The layout's rules hold in the code: what each part of the server may import."""
+"""The layout's rules hold in the code (what each part of the server may import) and in
+docs/architecture.md, whose table must name every module of the tree."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
 
-SERVER = Path(__file__).resolve().parent.parent / "server"
+ROOT = Path(__file__).resolve().parent.parent
+SERVER = ROOT / "server"
+ARCHITECTURE = ROOT / "docs" / "architecture.md"
+# The packages whose every module the table names (the generated contract/v1 is one entry).
+PACKAGES = ("server", "cli", "client")
 PACKAGE = "proca_stats.server"
 
 # Per part: the imports it must not make (prefixes of module names).
@@ -77,3 +83,47 @@ def test_no_module_grows_past_450_lines() -> None:
         if (lines := len(path.read_text().splitlines())) > MAX_LINES
     }
     assert not big, sorted(big)
+
+
+def layout_entries() -> list[str]:
+    """The paths named in the first cell of each row of docs/architecture.md's table.
+
+    An entry ending in ``/*`` stands for every module of that folder, for a folder
+    whose files the section does not pin (``cli/*``).
+    """
+    section = ARCHITECTURE.read_text().split("\n## Every module\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1] for line in section.splitlines() if line.startswith("|")]
+    entries = [path for cell in rows for path in re.findall(r"`([^`]+)`", cell)]
+    assert entries, "no paths in the table"
+    return entries
+
+
+def modules() -> set[str]:
+    """Every Python module of the packages, as a path from the repository's root."""
+    return {
+        path.relative_to(ROOT).as_posix()
+        for package in PACKAGES
+        for path in (ROOT / package).rglob("*.py")
+        if path.name != "__init__.py"
+    }
+
+
+def covers(entry: str, module: str) -> bool:
+    if entry.endswith("/*"):
+        return module.startswith(entry[:-1])
+    return module == entry
+
+
+def test_the_layout_names_every_module() -> None:
+    entries = layout_entries()
+    missing = sorted(m for m in modules() if not any(covers(e, m) for e in entries))
+    assert not missing, f"modules docs/architecture.md does not name: {missing}"
+
+
+def test_every_path_the_layout_names_exists() -> None:
+    absent = sorted(
+        entry
+        for entry in layout_entries()
+        if not (any(ROOT.glob(entry)) if "*" in entry else (ROOT / entry).exists())
+    )
+    assert not absent, f"paths in docs/architecture.md that the tree lacks: {absent}"

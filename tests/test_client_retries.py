@@ -12,7 +12,7 @@ import pytest
 
 from proca_stats.client import Retry, StatsClient, Unavailable
 from proca_stats.server.app import StatsServer
-from tests.lossy_proxy import LossyProxy
+from tests.support.lossy_proxy import LossyProxy
 
 Proxy = Callable[..., LossyProxy]
 

@@ -1,5 +1,5 @@
 """The README as a newcomer uses it: the Python client example, run as written against a
-real server, and the Layout section, which must name every module of the tree."""
+real server, and the retry config it gives other languages."""
 
 from __future__ import annotations
 
@@ -15,8 +15,6 @@ from proca_stats.server.app import StatsServer
 
 ROOT = Path(__file__).parent.parent
 README = ROOT / "README.md"
-# The packages whose every module the Layout section names (the generated contract/v1 is one entry).
-PACKAGES = ("server", "cli", "client")
 
 
 def python_example() -> str:
@@ -44,50 +42,6 @@ def test_the_python_client_example_runs(server: StatsServer) -> None:
         watchdog.cancel()
     assert example.returncode == 0, stderr
     assert lines == ["True", "1 {2: 1}", "1 1", "2 0", "1 1", "1"]
-
-
-def layout_entries() -> list[str]:
-    """The paths named in the first cell of each row of the README's Layout table.
-
-    An entry ending in ``/*`` stands for every module of that folder, for a folder
-    whose files the section does not pin (``cli/*``).
-    """
-    section = README.read_text().split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
-    rows = [line.split("|")[1] for line in section.splitlines() if line.startswith("|")]
-    entries = [path for cell in rows for path in re.findall(r"`([^`]+)`", cell)]
-    assert entries, "no paths in the README's Layout table"
-    return entries
-
-
-def modules() -> set[str]:
-    """Every Python module of the packages, as a path from the repository's root."""
-    return {
-        path.relative_to(ROOT).as_posix()
-        for package in PACKAGES
-        for path in (ROOT / package).rglob("*.py")
-        if path.name != "__init__.py"
-    }
-
-
-def covers(entry: str, module: str) -> bool:
-    if entry.endswith("/*"):
-        return module.startswith(entry[:-1])
-    return module == entry
-
-
-def test_the_layout_names_every_module() -> None:
-    entries = layout_entries()
-    missing = sorted(m for m in modules() if not any(covers(e, m) for e in entries))
-    assert not missing, f"modules the README's Layout section does not name: {missing}"
-
-
-def test_every_path_the_layout_names_exists() -> None:
-    absent = sorted(
-        entry
-        for entry in layout_entries()
-        if not (any(ROOT.glob(entry)) if "*" in entry else (ROOT / entry).exists())
-    )
-    assert not absent, f"paths in the README's Layout section that the tree lacks: {absent}"
 
 
 def test_the_retry_config_for_other_languages_is_the_python_clients() -> None:

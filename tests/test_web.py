@@ -92,8 +92,12 @@ def test_json_post_get_and_binary_give_the_grpc_answer(web: StatsServer) -> None
 
 def test_increment_over_http_counts(web: StatsServer) -> None:
     answer = post_json(web, "Increment", INCREMENT)
-    assert (answer.status, answer.json()) == (200, {})
+    assert (answer.status, answer.json()) == (200, {"counted": True})
     assert figures(post_json(web, "GetStats", {"campaign_id": 7}))["supporters"] == "1"
+    repeat = post_json(web, "Increment", INCREMENT | {"action_id": 70})
+    assert (repeat.status, repeat.json()) == (200, {"counted": True})
+    again = post_json(web, "Increment", INCREMENT | {"action_id": 70})
+    assert (again.status, again.json()) == (200, {"counted": False})
 
 
 @pytest.mark.parametrize(

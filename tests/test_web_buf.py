@@ -81,7 +81,7 @@ def test_buf_curl_calls_every_rpc(web: StatsServer, protocol: str, http2: bool) 
         web, protocol, "Increment", INCREMENT, *flags, "-H", f"authorization: Bearer {TOKEN}"
     )
     assert counted.returncode == 0, counted.stderr
-    assert json.loads(counted.stdout) == {}
+    assert json.loads(counted.stdout) == {"counted": True}
 
     got = buf_curl(web, protocol, "GetStats", {"campaign_id": 7}, *flags)
     assert got.returncode == 0, got.stderr

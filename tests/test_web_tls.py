@@ -116,7 +116,7 @@ def test_http_1_1_and_http_2_by_alpn_over_tls(
         f"{SERVICE}/Increment",
         json.dumps(INCREMENT).encode(),
     )
-    assert (headers[":status"], json.loads(body)) == ("200", {})
+    assert (headers[":status"], json.loads(body)) == ("200", {"counted": True})
     answer = http1(
         server,
         client_context(authority, ["http/1.1"]),

@@ -130,8 +130,7 @@ class ConnectStats:
     async def Increment(
         self, request: stats_pb2.IncrementRequest, ctx: RequestContext[Any, Any]
     ) -> stats_pb2.IncrementResponse:
-        _refusing(self._answers.increment, request)
-        return stats_pb2.IncrementResponse()
+        return stats_pb2.IncrementResponse(counted=_refusing(self._answers.increment, request))
 
     async def GetStats(
         self, request: stats_pb2.GetStatsRequest, ctx: RequestContext[Any, Any]
