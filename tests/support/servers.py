@@ -3,9 +3,12 @@ and a calculation on demand."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
 import sys
+import tempfile
 from pathlib import Path
 
 import grpc
@@ -17,9 +20,17 @@ from tests.support.waiting import wait_for
 
 PROCA_STATS = str(Path(sys.executable).with_name("proca-stats"))
 
+# `serve` keeps a state file per database in the per-user state directory unless told
+# otherwise: the commands a test runs find it under this folder of the test process (the
+# default's own lookup, through XDG_STATE_HOME), so a test run leaves nothing in the home
+# directory, and no test starts warm from another's figures.
+STATE_HOME = tempfile.mkdtemp(prefix="proca-stats-test-state-")
+atexit.register(shutil.rmtree, STATE_HOME, ignore_errors=True)
+
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """The environment without any database or server setting of the caller's."""
+    """The environment without any database or server setting of the caller's, its
+    per-user state directory in ``STATE_HOME``."""
     names = (
         "DATABASE_URL",
         "PROCA_STATS_DATABASE_URL",
@@ -28,9 +39,11 @@ def clean_env(**extra: str) -> dict[str, str]:
         "PROCA_STATS_SYNC_INTERVAL",
         "PROCA_STATS_LISTEN",
         "PROCA_STATS_MAX_WATCHERS",
+        "PROCA_STATS_STATE_DIR",
+        "PROCA_STATS_NO_STATE",
     )
     env = {k: v for k, v in os.environ.items() if k not in names}
-    return env | extra
+    return env | {"XDG_STATE_HOME": STATE_HOME} | extra
 
 
 def free_port() -> int:
