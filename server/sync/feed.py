@@ -18,6 +18,10 @@ not been advanced past, up to N's position, and sorts each by its xid:
 - seen by neither: it committed just as N was taken. It is left in the slot for
   the next refresh: the mark's ``advance`` stays at or before its commit.
 
+The peek decodes only flushed WAL, and a commit record is written before snapshots
+see it: the slot moves to N's position only once PostgreSQL reports the WAL flushed
+past it (the feed flushes it first), else only to the end of the last commit read.
+
 Peeking does not consume: the slot is advanced (``settled``) only once the
 snapshot whose changes end there is held and written to the state file, so a
 crash at any moment leaves every change not in a kept or persisted snapshot in
