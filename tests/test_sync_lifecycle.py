@@ -15,6 +15,10 @@ from tests.support.metrics import sample
 from tests.support.servers import clean_env
 from tests.support.waiting import wait_for
 
+# Every refresh a full calculation: a refresh that finds nothing changed reads no table, so only
+# a full one is sure to wait on the lock.
+FULL_EVERY_MS = 100
+
 
 def blocked(database_url: str) -> None:
     with psycopg.connect(database_url, autocommit=True) as conn:
@@ -24,7 +28,13 @@ def blocked(database_url: str) -> None:
 def test_sigterm_during_a_calculation_stuck_on_a_lock_exits_without_waiting_for_it(
     serve: Callable[..., tuple[subprocess.Popen[str], int]], database_url: str
 ) -> None:
-    process, _ = serve(env=clean_env(DATABASE_URL=database_url, SYNC_INTERVAL="100"))
+    process, _ = serve(
+        env=clean_env(
+            DATABASE_URL=database_url,
+            SYNC_INTERVAL="100",
+            PROCA_STATS_FULL_SYNC_INTERVAL=str(FULL_EVERY_MS),
+        )
+    )
     with actions_locked(database_url):
         blocked(database_url)
         process.send_signal(signal.SIGTERM)
@@ -38,7 +48,12 @@ def test_sigterm_during_a_calculation_stuck_on_a_lock_exits_without_waiting_for_
 def test_a_sync_run_is_counted_when_it_starts(
     start_server: Callable[..., StatsServer], database_url: str
 ) -> None:
-    server = start_server(database_url, sync_interval_ms=100, metrics_listen="127.0.0.1:0")
+    server = start_server(
+        database_url,
+        sync_interval_ms=100,
+        full_sync_interval_ms=FULL_EVERY_MS,
+        metrics_listen="127.0.0.1:0",
+    )
     wait_for(lambda: server.store.synced_at, what="the first calculation")
     with actions_locked(database_url):
         blocked(database_url)
