@@ -193,9 +193,12 @@ def test_every_panel_has_a_unique_id_and_the_dashboards_datasource() -> None:
 
 
 @pytest.fixture
-def exported(start_server: Callable[..., StatsServer], database_url: str) -> set[str]:
-    """The sample names a live server with the fan-out on exports once it has answered calls."""
-    server = start_server(database_url, metrics_listen="127.0.0.1:0", fanout=True)
+def exported(start_server: Callable[..., StatsServer], logical_url: str) -> set[str]:
+    """The sample names a live server with the fan-out and the change feed on exports once it
+    has answered calls."""
+    server = start_server(
+        logical_url, metrics_listen="127.0.0.1:0", fanout=True, change_feed="logical"
+    )
     wait_for(lambda: server.store.synced_at, what="the first calculation")
     with StatsClient(f"127.0.0.1:{server.port}") as client:
         client.increment(1, 2, "signature", new_supporter=True)
