@@ -114,18 +114,19 @@ class StatsServer:
         self.changes = change_detection(
             config, config.sync_database_url or database_url, self.metrics
         )
+        snapshots = Snapshots(
+            self._pool,
+            connect_timeout=config.connect_timeout,
+            timeout=config.sync_timeout_ms / 1000,
+            failures=failures,
+        )
+        # The state file's reads go through the refresher's snapshots: a stop cancels them
+        # and a failed connection attempt is told with its cause, as for a refresh.
         self.state = (
-            StateKeeper(config.state_dir, self.store, self._pool, config.connect_timeout)
-            if config.state_dir
-            else None
+            StateKeeper(config.state_dir, self.store, snapshots) if config.state_dir else None
         )
         self.refresher = Refresher(
-            Snapshots(
-                self._pool,
-                connect_timeout=config.connect_timeout,
-                timeout=config.sync_timeout_ms / 1000,
-                failures=failures,
-            ),
+            snapshots,
             self.changes,
             full_interval=config.full_sync_interval_ms / 1000,
             slow_interval=config.slow_sync_interval_ms / 1000,

@@ -15,12 +15,11 @@ from collections.abc import Callable, Collection
 from contextlib import suppress
 from pathlib import Path
 
-from psycopg_pool import ConnectionPool
-
 from proca_stats.server.state.counters import Increment, Snapshot
 from proca_stats.server.state.handover import Lookup
 from proca_stats.server.state.store import CapacityError, StatsStore
 from proca_stats.server.sync.refresh import HeldFigures, Refresher
+from proca_stats.server.sync.snapshots import Snapshots
 from proca_stats.server.sync.statefile import Saved, StateFile
 from proca_stats.server.sync.warm import Identity, identify
 from proca_stats.server.sync.worker import Deliver
@@ -31,13 +30,11 @@ log = logging.getLogger(__name__)
 class StateKeeper:
     """Keeps the state file of the database the sync reads."""
 
-    def __init__(
-        self, directory: Path, store: StatsStore, pool: ConnectionPool, connect_timeout: float
-    ) -> None:
+    def __init__(self, directory: Path, store: StatsStore, snapshots: Snapshots) -> None:
+        """``snapshots``: the refresher's, whose connections a stop cancels."""
         self._file = StateFile(directory)
         self._store = store
-        self._pool = pool
-        self._connect_timeout = connect_timeout
+        self._snapshots = snapshots
         self._lock = threading.Lock()  # the sync thread writes, and the stopping one
         self._identity: Identity | None = None
         self._held: HeldFigures | None = None
@@ -64,7 +61,7 @@ class StateKeeper:
         """Serve the saved figures of this database, if a trusted file has them: swapped in
         with ``deliver``, the Increments counted on top of them again, then ``ready()``, so
         that the first answers are those the last run gave."""
-        with self._pool.connection(self._connect_timeout) as conn:
+        with self._snapshots.connection() as conn:
             self._identity = identify(conn.cursor())
         saved = self._file.read(self._identity)
         if saved is None:

@@ -149,6 +149,17 @@ class Snapshots:
         return Kept(keeper, snapshot_id, taken_at, position)
 
     @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        """A pool connection for a read outside the kept snapshots (which database this is),
+        taken as ``keep`` takes one: a stop ends the wait and cancels its queries, and a
+        database that refuses connections is told at once with the cause (NoConnection)."""
+        conn = self._take(self._connect_timeout)
+        try:
+            yield conn
+        finally:
+            self.release(conn)
+
+    @contextmanager
     def reading(self, snapshot_id: str) -> Iterator[CountingCursor]:
         """A cursor on the reading connection, in a short transaction in the snapshot."""
         assert self._work is not None, "keep() a snapshot first"
