@@ -93,7 +93,8 @@ class ChangeSource(Protocol):
     is now held and persisted, so what came before it is no longer needed. ``saved`` and
     ``resume`` turn a mark into JSON and back for the state file; ``resume`` answers None
     when the source cannot continue from the saved mark. ``close()`` lets go of what the
-    source holds (a feed's slot).
+    source holds (a feed's slot). ``cancel()``, from another thread, ends what the source
+    waits for on connections of its own (the server is stopping); it is used no more.
     """
 
     @property
@@ -112,6 +113,8 @@ class ChangeSource(Protocol):
     def resume(self, saved: dict[str, Any]) -> Mark | None: ...
 
     def close(self) -> None: ...
+
+    def cancel(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -192,6 +195,9 @@ class UpdatedAt:
 
     def close(self) -> None:
         """Nothing held."""
+
+    def cancel(self) -> None:
+        """Nothing of its own: it reads on the refresh's connections, which a stop cancels."""
 
 
 def _indexed(cur: Cursor) -> set[str]:

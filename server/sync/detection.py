@@ -96,3 +96,7 @@ class Detection:
     def close(self) -> None:
         if self._feed is not None:
             self._feed.close()
+
+    def cancel(self) -> None:
+        if self._feed is not None:
+            self._feed.cancel()

@@ -35,7 +35,10 @@ for the same slot is refused it (detection.py then falls back to updated_at).
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
+from concurrent.futures import Future
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +61,7 @@ from proca_stats.server.sync.slot import (
     set_up,
     slot_status,
 )
+from proca_stats.server.sync.snapshots import TAKE_SLICE, RefreshCancelled
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +134,7 @@ class LogicalFeed:
         self._locked = False
         self._used = False  # the slot was read by this server
         self._lost: str | None = None  # why the next prepare() starts anew
+        self._cancelled = threading.Event()  # the server is stopping
 
     def prepare(self) -> bool:
         """Hold the slot's lock and check the slot, making it anew when it was dropped or
@@ -293,11 +298,45 @@ class LogicalFeed:
             self._conn.close()
         self._conn, self._locked = None, False
 
+    def cancel(self) -> None:
+        """From another thread, as the server stops: end a wait for the feed's connection
+        and cancel the query running on it; the feed then refuses to connect again."""
+        self._cancelled.set()
+        conn = self._conn
+        if conn is not None:
+            with suppress(psycopg.Error):  # unreachable or closed: nothing runs on it
+                conn.cancel_safe(timeout=1.0)
+
     def _connection(self) -> Connection:
         if self._conn is None or self._conn.closed:
-            self._conn = self._connect(self._url)
+            self._conn = self._connect_unless_cancelled()
             self._locked = False
         return self._conn
+
+    def _connect_unless_cancelled(self) -> Connection:
+        """``connect`` on a thread of its own, waited for until it ends or the server stops
+        (RefreshCancelled): an attempt cannot be interrupted, and one to a database that does
+        not answer lasts --connect-timeout. A connection that comes after the stop is closed."""
+        if self._cancelled.is_set():
+            raise RefreshCancelled("the server is stopping")
+        connected: Future[Connection] = Future()
+
+        def attempt() -> None:
+            try:
+                connected.set_result(self._connect(self._url))
+            except BaseException as error:  # handed over to the waiting thread
+                connected.set_exception(error)
+
+        threading.Thread(target=attempt, name="proca-stats-feed-connect", daemon=True).start()
+        while True:
+            try:
+                connected.exception(timeout=TAKE_SLICE)  # raises only while it runs
+            except TimeoutError:
+                if not self._cancelled.is_set():
+                    continue
+                connected.add_done_callback(_close_connected)
+                raise RefreshCancelled("the server is stopping") from None
+            return connected.result()
 
     def _lock(self, conn: Connection) -> bool:
         """Take the slot's lock if not held yet; True when taken now."""
@@ -313,6 +352,12 @@ class LogicalFeed:
             )
         self._locked = True
         return True
+
+
+def _close_connected(connected: Future[Connection]) -> None:
+    """Close the connection an abandoned attempt made, if it made one."""
+    if connected.exception() is None:
+        connected.result().close()
 
 
 def open_feed(

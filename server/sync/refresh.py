@@ -252,6 +252,7 @@ class Refresher:
     def cancel(self) -> None:
         """Cancel the running queries from another thread: the server is stopping."""
         self._snapshots.cancel()
+        self._changes.cancel()
 
     def _full(self, kept: Kept, started: float) -> tuple[_State, RefreshReport]:
         with self._snapshots.reading(kept.snapshot_id) as cur:
