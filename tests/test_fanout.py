@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -183,17 +184,30 @@ def agree(clients: list[StatsClient], expected: dict[int, CampaignCounters]) -> 
 
 
 class Replicas:
-    """`proca-stats serve --fanout` processes on one database, and a client of each."""
+    """`proca-stats serve --fanout` processes on one database, and a client of each.
 
-    def __init__(self, serve: Serve, database_url: str, clients: ExitStack) -> None:
+    Each keeps its state file in a folder of its own, as replicas on hosts of their own do:
+    in one shared folder a replica would start warm from the file another wrote, SERVING
+    before its first calculation, and with --sync-interval 0 that calculation's snapshot
+    would replace for good the Increments without an action id that arrive meanwhile (the
+    handover's rule, which only a later calculation corrects)."""
+
+    def __init__(self, serve: Serve, database_url: str, clients: ExitStack, state: Path) -> None:
         self.ports: list[int] = []
         self._serve = serve
         self._url = database_url
         self._clients = clients
+        self._state = state
 
     def start(self, count: int) -> list[StatsClient]:
         """Start ``count`` more, wait until they listen, return their clients."""
-        ports = [self._serve("--database-url", self._url, *REPLICA)[1] for _ in range(count)]
+        ports = [
+            self._serve(
+                "--database-url", self._url, *REPLICA,
+                "--state-dir", str(self._state / f"replica-{len(self.ports) + n}"),
+            )[1]
+            for n in range(count)
+        ]  # fmt: skip
         self.ports += ports
         self.wait_listening()
         return [self._clients.enter_context(StatsClient(f"127.0.0.1:{p}")) for p in ports]
@@ -203,9 +217,9 @@ class Replicas:
 
 
 @pytest.fixture
-def replicas(serve: Serve, database_url: str) -> Iterator[Replicas]:
+def replicas(serve: Serve, database_url: str, tmp_path: Path) -> Iterator[Replicas]:
     with ExitStack() as clients:
-        yield Replicas(serve, database_url, clients)
+        yield Replicas(serve, database_url, clients, tmp_path)
 
 
 def test_three_replicas_answer_what_one_server_would_within_a_second(
