@@ -154,7 +154,7 @@ def test_database_stopped_in_the_middle_of_a_calculation(
     server = ready(start_server(own_postgres.url, connect_timeout=1.0))
     first = server.store.synced_at
     lock = lock_actions(own_postgres.url)
-    server.sync.request()
+    server.sync.request(full=True)  # a refresh that finds nothing changed reads no table
     wait_for(lambda: calculations_waiting(own_postgres.url) == 1, what="a blocked calculation")
     own_postgres.stop()
     lock.close()
@@ -180,7 +180,7 @@ def test_a_calculation_past_the_timeout_is_cancelled_and_retried(
     first = server.store.synced_at
     lock = lock_actions(database_url)
     try:
-        server.sync.request()
+        server.sync.request(full=True)  # a refresh that finds nothing changed reads no table
         wait_for(lambda: failures(server) >= 1, what="the calculation to time out")
         assert server.store.synced_at == first
         assert "a query ran past --sync-timeout and was cancelled" in caplog.text
@@ -196,8 +196,8 @@ def test_never_two_calculations_at_once(
     first = server.store.synced_at
     lock = lock_actions(database_url)
     try:
-        for _ in range(5):
-            server.sync.request()
+        for _ in range(5):  # full: a refresh that finds nothing changed reads no table
+            server.sync.request(full=True)
         wait_for(lambda: calculations_waiting(database_url) == 1, what="a blocked calculation")
         with psycopg.connect(database_url, autocommit=True) as conn:
             row = conn.execute(
