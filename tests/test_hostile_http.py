@@ -62,6 +62,7 @@ header_values = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=1
 def server(
     start_server: Callable[..., StatsServer], database_url: str, db: ProcaData, tmp_path: Path
 ) -> tuple[StatsServer, Model]:
+    db.actions_out_of_reach()
     org = db.org("first")
     campaign = db.campaign(org)
     db.person(campaign, db.page(campaign, org), b"person", area="DE")
