@@ -152,6 +152,32 @@ def test_a_slot_gone_while_stopped_serves_the_saved_figures_then_a_full_calculat
     assert line.startswith("sync: full refresh")
 
 
+def test_a_server_of_another_slot_sharing_the_state_file_recalculates_in_full(
+    start_server: Start, logical_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two servers of one database and one state directory, each reading its own slot: the
+    second serves the first's figures at once, but does not continue from its mark."""
+    data, campaign, page = people(logical_url)
+    first = started(start_server, logical_url, tmp_path, change_feed="logical", feed_slot="one")
+    before = answers(first, [campaign])
+    first.stop(grace=0)
+    data.person(campaign, page, b"newcomer")
+    caplog.set_level(logging.INFO)
+    locked = lock_actions(logical_url)
+    try:
+        second = started(
+            start_server, logical_url, tmp_path, change_feed="logical", feed_slot="other"
+        )
+        assert answers(second, [campaign]) == before
+    finally:
+        locked.close()
+    expected = figures(logical_url)
+    wait_for(lambda: answers(second, [campaign]) == {campaign: expected[campaign]}, what="sync")
+    assert "warm start: the change source cannot continue from the saved figures" in caplog.text
+    line = wait_for(lambda: sync_line(caplog), what="the sync's log line")
+    assert line.startswith("sync: full refresh")
+
+
 def test_a_slot_invalidated_while_stopped_is_made_anew_with_one_warning(
     start_server: Start, logical_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
