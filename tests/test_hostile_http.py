@@ -37,6 +37,8 @@ CONTENT_TYPES = [
     "application/connect+json",
     "application/grpc-web+proto",
     "application/grpc-web+json",
+    "application/grpc",
+    "application/grpc+proto",
     "text/plain",
     "",
 ]

@@ -393,3 +393,13 @@ def test_a_page_lookup_sees_pages_added_by_a_sync(
         conn.execute("DELETE FROM action_pages")
     resync(server)
     assert post_json(server, "GetStats", {"action_page_id": page}).status == 404
+
+
+def test_a_grpc_client_on_the_http_port_is_sent_to_the_grpc_port(web: StatsServer) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{port_of(web)}") as channel:
+        stub = stats_pb2_grpc.StatsServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.GetStats(stats_pb2.GetStatsRequest(campaign_id=7), timeout=10)
+    assert refused.value.code() is grpc.StatusCode.UNIMPLEMENTED
+    assert "call gRPC on the gRPC port (--listen)" in refused.value.details()
+    assert figures(post_json(web, "GetStats", {"campaign_id": 7}))["supporters"] == "0"

@@ -7,7 +7,11 @@ import asyncio
 import socket
 import time
 from collections.abc import Callable
+from typing import Any
 
+import h2.config
+import h2.connection
+import h2.events
 import pytest
 
 from proca_stats.contract.v1 import stats_pb2
@@ -130,13 +134,16 @@ def closed_within(sock: socket.socket, seconds: float, trickle: bytes = b"") -> 
 def test_a_slow_request_head_is_cut_off(
     start_server: Callable[..., StatsServer], database_url: str
 ) -> None:
-    # The idle timeout is 1 s; hypercorn's own default, 5 s, must not be what cuts.
+    # The idle timeout is 1 s; granian's own default, 30 s, must not be what cuts.
     server = start_web(start_server, database_url, http_timeouts=HttpTimeouts(idle=1.0))
     with socket.create_connection(("127.0.0.1", port_of(server))) as slow:
         slow.sendall(b"GET /readyz HTTP/1.1\r\nhost: 127.0.0.1\r\n")
         assert closed_within(slow, 4, trickle=b"x-slow: " + b"y" * 200) < 4
     with socket.create_connection(("127.0.0.1", port_of(server))) as silent:
         assert closed_within(silent, 4) < 4
+    with socket.create_connection(("127.0.0.1", port_of(server))) as half_preface:
+        half_preface.sendall(b"PRI * HTTP/2.0\r\n")  # of HTTP/2's 24 bytes, 16
+        assert closed_within(half_preface, 4) < 4
     assert request(server, "GET", "/readyz").status == 200  # the server is unharmed
 
 
@@ -200,3 +207,38 @@ def test_a_reader_that_leaves_frees_its_place(web: StatsServer) -> None:
 
     asyncio.run(watch_then_leave())
     wait_for(lambda: len(web.watchers) == 0, timeout=5, what="the place to be freed")
+
+
+def test_an_idle_connection_is_closed_but_a_quiet_stream_is_kept(
+    start_server: Callable[..., StatsServer], database_url: str
+) -> None:
+    server = start_web(start_server, database_url, http_timeouts=HttpTimeouts(idle=1.0))
+    with socket.create_connection(("127.0.0.1", port_of(server))) as kept_alive:
+        kept_alive.sendall(b"GET /readyz HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
+        assert kept_alive.recv(4096).startswith(b"HTTP/1.1 200")
+        assert closed_within(kept_alive, 4) < 4  # its request answered, it holds nothing
+    with socket.create_connection(("127.0.0.1", port_of(server))) as h2c:
+        connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        connection.initiate_connection()
+        stream = connection.get_next_available_stream_id()
+        head = [(":method", "GET"), (":path", "/readyz"), (":scheme", "http")]
+        connection.send_headers(stream, [*head, (":authority", "x")], end_stream=True)
+        h2c.sendall(connection.data_to_send())
+        ended = False
+        while not ended:
+            events = connection.receive_data(h2c.recv(65536))
+            ended = any(isinstance(event, h2.events.StreamEnded) for event in events)
+            h2c.sendall(connection.data_to_send())
+        assert closed_within(h2c, 4) < 4  # HTTP/2 with no stream open: idle too
+
+    async def quiet_then_changed() -> Any:
+        stream = async_stream(port_of(server), {"campaign_id": 7})
+        await anext(stream)  # the figures at once; then nothing changes for 3 idle timeouts
+        await asyncio.sleep(3)
+        server.answers.increment(increment_of("signature"))
+        try:
+            return await asyncio.wait_for(anext(stream), timeout=5)
+        finally:
+            await stream.aclose()
+
+    assert asyncio.run(quiet_then_changed())["stats"]["supporters"] == "1"

@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import h2.config
 import h2.connection
@@ -17,6 +19,7 @@ import pytest
 
 from proca_stats.server.api.tls import read_tls
 from proca_stats.server.app import StatsServer
+from proca_stats.server.settings import HttpTimeouts
 from tests.support.certificates import Authority, Issued
 from tests.support.web import SERVICE, get_path, port_of, start_web
 
@@ -43,10 +46,11 @@ def tls_web(
     database_url: str,
     authority: Authority,
     client_ca: bool = False,
+    **config: Any,
 ) -> StatsServer:
     issued = authority.issue("server", server=True)
     tls = read_tls(issued.cert, issued.key, authority.cert if client_ca else None)
-    return start_web(start_server, database_url, tls=tls)
+    return start_web(start_server, database_url, tls=tls, **config)
 
 
 def http1(server: StatsServer, context: ssl.SSLContext, method: str, path: str) -> bytes:
@@ -171,3 +175,29 @@ def test_with_a_client_ca_a_client_certificate_is_required(
     except (ssl.SSLError, ConnectionError):
         answer = b""
     assert answer == b"", "answered a client without a certificate"
+
+
+def test_a_handshake_left_half_done_is_cut_off(
+    start_server: Callable[..., StatsServer], database_url: str, authority: Authority
+) -> None:
+    server = tls_web(start_server, database_url, authority, http_timeouts=HttpTimeouts(idle=1.0))
+    hello = client_context(authority, ["h2"]).wrap_bio(
+        ssl.MemoryBIO(), outgoing := ssl.MemoryBIO(), server_hostname="127.0.0.1"
+    )
+    with pytest.raises(ssl.SSLWantReadError):
+        hello.do_handshake()  # writes the ClientHello, then would wait for the server
+    with socket.create_connection(("127.0.0.1", port_of(server))) as half:
+        half.sendall(outgoing.read())
+        half.settimeout(4)
+        received, deadline = b"", time.monotonic() + 4
+        while time.monotonic() < deadline:  # the server's hello, then the end
+            chunk = half.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+        else:
+            pytest.fail("the half-done handshake was still open after 4 s")
+    assert received, "the server never answered the ClientHello"
+    assert http1(server, client_context(authority, ["http/1.1"]), "GET", "/readyz").startswith(
+        b"HTTP/1.1 200"
+    )

@@ -9,10 +9,7 @@ module, which reads the same PEM, checks them first.
 
 from __future__ import annotations
 
-import os
 import ssl
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
 
@@ -78,32 +75,3 @@ def server_credentials(tls: TlsKeys) -> grpc.ServerCredentials:
         root_certificates=tls.client_ca,
         require_client_auth=tls.client_ca is not None,
     )
-
-
-@contextmanager
-def _in_memory(data: bytes) -> Iterator[str]:
-    """A path to ``data`` that never touches a disk: an anonymous in-memory file."""
-    fd = os.memfd_create("proca-stats-tls", os.MFD_CLOEXEC)
-    try:
-        os.write(fd, data)
-        yield f"/proc/self/fd/{fd}"
-    finally:
-        os.close(fd)
-
-
-def ssl_context(tls: TlsKeys) -> ssl.SSLContext:
-    """The same certificate, key and client CA for the HTTP port, offering HTTP/2 and 1.1.
-
-    Python's ssl loads a certificate chain from a path only, so the PEM read with
-    the settings goes through an in-memory file: the key is never copied to disk.
-    """
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.options |= ssl.OP_NO_COMPRESSION
-    with _in_memory(tls.cert) as cert, _in_memory(tls.key) as key:
-        context.load_cert_chain(cert, key)
-    if tls.client_ca is not None:
-        context.load_verify_locations(cadata=tls.client_ca.decode("ascii", "replace"))
-        context.verify_mode = ssl.CERT_REQUIRED
-    context.set_alpn_protocols(["h2", "http/1.1"])
-    return context

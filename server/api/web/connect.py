@@ -192,8 +192,8 @@ def _endpoints(stats: ConnectStats) -> Mapping[str, Any]:
 
 
 class StatsApplication(ConnectASGIApplication[ConnectStats]):
-    """The ASGI application of StatsService: Connect (JSON and binary, GET for reads),
-    gRPC-Web, and gRPC where the HTTP server passes trailers."""
+    """The ASGI application of StatsService: Connect (JSON and binary, GET for reads) and
+    gRPC-Web (plain gRPC, which needs trailers, is sent to the gRPC port by the front)."""
 
     def __init__(
         self, stats: ConnectStats, tokens: Tokens, max_request_bytes: int, calls: HttpCalls

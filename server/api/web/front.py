@@ -14,7 +14,9 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
+from urllib.parse import quote
 
+from proca_stats.server.api.rpc_metrics import GRPC
 from proca_stats.server.api.web.connect import READS, SERVICE
 from proca_stats.server.api.web.counting import Call, HttpCalls
 from proca_stats.server.settings import HttpTimeouts
@@ -30,7 +32,7 @@ Headers = list[tuple[bytes, bytes]]
 
 RPCS = frozenset(f"/{SERVICE.full_name}/{method.name}" for method in SERVICE.methods)
 ENVELOPE = 5  # the frame header of a streamed or gRPC-Web message
-# The request line and headers together; what passes hypercorn's own larger cap
+# The request line and headers together; what passes granian's own larger cap
 # and not this one gets a Connect error body rather than a bare status.
 MAX_HEAD_BYTES = 32 * 1024
 # The request headers browsers' Connect and gRPC-Web clients send on a read.
@@ -41,6 +43,9 @@ ALLOWED_HEADERS = (
 )
 EXPOSED_HEADERS = "grpc-status, grpc-message, grpc-status-details-bin, etag"
 PREFLIGHT_MAX_AGE = 7200
+# Plain gRPC needs HTTP trailers, which granian cannot send; its clients are told, in the
+# answer gRPC allows without trailers (status in the head), where gRPC is served.
+PLAIN_GRPC = "this is the HTTP port (Connect, gRPC-Web): call gRPC on the gRPC port (--listen)"
 # The Connect code an empty refusal of connectrpc's stands for.
 CODES = {404: "unimplemented", 405: "unimplemented", 415: "invalid_argument"}
 MESSAGES = {
@@ -115,7 +120,7 @@ class Cors:
 
 
 class Front:
-    """The ASGI application hypercorn runs: probes and CORS here, RPCs to ``rpc``."""
+    """The ASGI application granian runs: probes and CORS here, RPCs to ``rpc``."""
 
     def __init__(
         self,
@@ -153,6 +158,10 @@ class Front:
                 f"request head: {head} bytes, more than {MAX_HEAD_BYTES}",
                 call=call,
             )
+        elif call.protocol == GRPC:
+            call.answered("unimplemented")
+            grpc_status = [(b"grpc-status", b"12"), (b"grpc-message", quote(PLAIN_GRPC).encode())]
+            await respond(send, 200, b"", b"application/grpc", grpc_status)
         elif path in ("/healthz", "/readyz"):
             await self._probe(path, method, send)
         elif method == "OPTIONS":
