@@ -1,6 +1,6 @@
 """What the HTTP port serves, and what it costs the gRPC port (not part of the test suite).
 
-    python bench/web.py [--seconds 5] [--rounds 7]   # DATABASE_URL=… else an embedded PostgreSQL
+    python bench/web.py [--seconds 5] [--rounds 7] [--pin]   # DATABASE_URL=… else embedded
 
 With h2load (Debian: nghttp2-client) on one `proca-stats serve --http-listen` process:
 
@@ -18,7 +18,12 @@ With h2load (Debian: nghttp2-client) on one `proca-stats serve --http-listen` pr
   process's CPU time (which a busy machine does not inflate the way it slows a
   throughput) in the phase with messages less the phase without, per message.
 
-Each phase prints the machine's load average (1 minute), as the figures move with it.
+Each phase prints the machine's load average (1 minute), as the figures move with it,
+and the CPU the watchers' client used. On a machine of few cores that client, h2load
+and the server share the CPUs, so the cost measured includes what reading 1,000
+messages a second costs the client, which browsers elsewhere pay in production;
+``--pin`` puts the servers on the first CPU and everything else on the others, so
+that the cost is the server's own.
 """
 
 from __future__ import annotations
@@ -52,6 +57,12 @@ WATCHED, UNWATCHED = 1, CAMPAIGNS + 1  # the first campaign id of each set
 GET_STATS = "/proca.stats.v1.StatsService/GetStats"
 IN_FLIGHT = 4 * 8  # h2load's connections x streams
 GRPC_REQUEST = grpc_body(stats_pb2.GetStatsRequest(campaign_id=1).SerializeToString())
+
+
+def pin(pid: int, cpus: list[int]) -> None:
+    """Every thread of a process on ``cpus`` (threads it starts later inherit it)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), cpus)
 
 
 def load_average() -> float:
@@ -153,23 +164,28 @@ def increments(grpc_port: int) -> Iterator[list[int]]:
 def phase(
     name: str,
     first: list[int],
-    server_pid: int,
+    pids: tuple[int, int],
     received: Synchronized[int],
     measure: Callable[[], float],
 ) -> tuple[float, float, float]:
     """One phase: the Increments' target set, a settling pause, then ``measure``; its result,
-    the server's CPU (cores) and the messages a second the watchers got."""
+    the server's CPU (cores) and the messages a second the watchers got. The CPU of the
+    watchers' client (the second pid) is printed: on a machine it shares, it is taken from
+    what the server and h2load could have had."""
     first[0] = WATCHED if name == "watched" else UNWATCHED
     time.sleep(2)  # the last round of Increments to the other set has gone out
-    cpu, count, started = cpu_seconds(server_pid), received.value, time.monotonic()
+    server_pid, client_pid = pids
+    cpu, client_cpu = cpu_seconds(server_pid), cpu_seconds(client_pid)
+    count, started = received.value, time.monotonic()
     result = measure()
     elapsed = time.monotonic() - started
     cores = (cpu_seconds(server_pid) - cpu) / elapsed
+    client = (cpu_seconds(client_pid) - client_cpu) / elapsed
     messages = (received.value - count) / elapsed
     shown = f"{result:6.0f} GetStats/s" if result else " " * 17
     print(
         f"  {name:9} {shown}  server CPU {cores:4.2f} cores  HTTP messages/s {messages:6.0f}"
-        f"  load average {load_average():.1f}",
+        f"  client CPU {client:4.2f}  load average {load_average():.1f}",
         flush=True,
     )
     return result, cores, messages
@@ -216,6 +232,7 @@ def watched(http_port: int, port: int, pid: int, seconds: int, rounds: int) -> N
     received = multiprocessing.Value("l", 0)
     held = multiprocessing.Process(target=watchers, args=(http_port, ready, stop, received))
     held.start()
+    assert held.pid is not None
     if not ready.wait(120):
         sys.exit("bench: the 1,000 watchers did not all get their first message")
     with increments(port) as first:
@@ -224,7 +241,9 @@ def watched(http_port: int, port: int, pid: int, seconds: int, rounds: int) -> N
             1 - pair["watched"][0] / pair["unwatched"][0]
             for pair in alternated(
                 rounds,
-                lambda name: phase(name, first, pid, received, lambda: grpc_load(port, seconds)),
+                lambda name: phase(
+                    name, first, (pid, held.pid), received, lambda: grpc_load(port, seconds)
+                ),
             )
         ]
 
@@ -236,7 +255,8 @@ def watched(http_port: int, port: int, pid: int, seconds: int, rounds: int) -> N
         per_message = [
             (pair["watched"][1] - pair["unwatched"][1]) / pair["watched"][2]
             for pair in alternated(
-                max(3, rounds // 2), lambda name: phase(name, first, pid, received, idle)
+                max(3, rounds // 2),
+                lambda name: phase(name, first, (pid, held.pid), received, idle),
             )
         ]
     stop.set()
@@ -249,16 +269,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="the servers on the first CPU, everything else (h2load, the watchers' client, "
+        "PostgreSQL, the Increments) on the others: what the watchers cost the server itself",
+    )
+    parser.add_argument("--watchers-only", action="store_true", help="skip the throughput part")
     args = parser.parse_args()
     print(f"nproc {os.cpu_count()}, load average {load_average():.1f} at the start")
+    cpus = sorted(os.sched_getaffinity(0))
+    if args.pin:
+        os.sched_setaffinity(0, cpus[1:])  # inherited by PostgreSQL and every client
     with bench_database() as url:
         http_port = free_port()
         options = ("--sync-interval", "0", "--http-listen", f"127.0.0.1:{http_port}")
         with (
             serve_process(url, *options) as (process, port),
-            serve_process(url, "--sync-interval", "0") as (_, plain),
+            serve_process(url, "--sync-interval", "0") as (other, plain),
         ):
-            throughput(http_port, port, plain, args.seconds, args.rounds)
+            if args.pin:
+                for pid in (process.pid, other.pid):
+                    pin(pid, cpus[:1])
+                print(f"servers on CPU {cpus[0]}, the rest on CPUs {cpus[1:]}")
+            if not args.watchers_only:
+                throughput(http_port, port, plain, args.seconds, args.rounds)
             watched(http_port, port, process.pid, args.seconds, args.rounds)
     print(f"load average {load_average():.1f} at the end")
 
