@@ -9,9 +9,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import h2.config
-import h2.connection
-import h2.events
 import pytest
 
 from proca_stats.contract.v1 import stats_pb2
@@ -21,8 +18,10 @@ from tests.support.waiting import wait_for
 from tests.support.web import (
     SERVICE,
     async_stream,
+    closed_within,
     envelope,
     get_path,
+    h2_exchange,
     port_of,
     post_json,
     request,
@@ -112,30 +111,14 @@ def increment_of(action_type: str) -> stats_pb2.IncrementRequest:
     return stats_pb2.IncrementRequest(**INCREMENT | {"action_type": action_type})  # type: ignore[arg-type]
 
 
-def closed_within(sock: socket.socket, seconds: float, trickle: bytes = b"") -> float:
-    """How long until the server closes ``sock``, sending a byte of ``trickle`` every 0.2 s."""
-    started = time.monotonic()
-    sock.settimeout(0.2)
-    for byte in [trickle[i : i + 1] for i in range(len(trickle))] or [b""] * 10_000:
-        try:
-            if byte:
-                sock.sendall(byte)
-            if sock.recv(4096) == b"":
-                return time.monotonic() - started
-        except TimeoutError:
-            pass
-        except (BrokenPipeError, ConnectionResetError):
-            return time.monotonic() - started
-        if time.monotonic() - started > seconds:
-            break
-    pytest.fail(f"the connection was still open after {seconds} s")
+@pytest.fixture
+def quick_idle(start_server: Callable[..., StatsServer], database_url: str) -> StatsServer:
+    """A server whose idle timeout is 1 s (granian's own default, 30 s, must not be what cuts)."""
+    return start_web(start_server, database_url, http_timeouts=HttpTimeouts(idle=1.0))
 
 
-def test_a_slow_request_head_is_cut_off(
-    start_server: Callable[..., StatsServer], database_url: str
-) -> None:
-    # The idle timeout is 1 s; granian's own default, 30 s, must not be what cuts.
-    server = start_web(start_server, database_url, http_timeouts=HttpTimeouts(idle=1.0))
+def test_a_slow_request_head_is_cut_off(quick_idle: StatsServer) -> None:
+    server = quick_idle
     with socket.create_connection(("127.0.0.1", port_of(server))) as slow:
         slow.sendall(b"GET /readyz HTTP/1.1\r\nhost: 127.0.0.1\r\n")
         assert closed_within(slow, 4, trickle=b"x-slow: " + b"y" * 200) < 4
@@ -209,26 +192,14 @@ def test_a_reader_that_leaves_frees_its_place(web: StatsServer) -> None:
     wait_for(lambda: len(web.watchers) == 0, timeout=5, what="the place to be freed")
 
 
-def test_an_idle_connection_is_closed_but_a_quiet_stream_is_kept(
-    start_server: Callable[..., StatsServer], database_url: str
-) -> None:
-    server = start_web(start_server, database_url, http_timeouts=HttpTimeouts(idle=1.0))
+def test_an_idle_connection_is_closed_but_a_quiet_stream_is_kept(quick_idle: StatsServer) -> None:
+    server = quick_idle
     with socket.create_connection(("127.0.0.1", port_of(server))) as kept_alive:
         kept_alive.sendall(b"GET /readyz HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
         assert kept_alive.recv(4096).startswith(b"HTTP/1.1 200")
         assert closed_within(kept_alive, 4) < 4  # its request answered, it holds nothing
     with socket.create_connection(("127.0.0.1", port_of(server))) as h2c:
-        connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-        connection.initiate_connection()
-        stream = connection.get_next_available_stream_id()
-        head = [(":method", "GET"), (":path", "/readyz"), (":scheme", "http")]
-        connection.send_headers(stream, [*head, (":authority", "x")], end_stream=True)
-        h2c.sendall(connection.data_to_send())
-        ended = False
-        while not ended:
-            events = connection.receive_data(h2c.recv(65536))
-            ended = any(isinstance(event, h2.events.StreamEnded) for event in events)
-            h2c.sendall(connection.data_to_send())
+        h2_exchange(h2c, "GET", "/readyz")
         assert closed_within(h2c, 4) < 4  # HTTP/2 with no stream open: idle too
 
     async def quiet_then_changed() -> Any:

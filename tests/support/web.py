@@ -1,18 +1,26 @@
-"""Calling a server's HTTP port as HTTP clients do: plain HTTP/1.1 requests, and Connect
-server streams read frame by frame (with the standard library only, so that every byte
-on the wire is the test's own)."""
+"""Calling a server's HTTP port as HTTP clients do: plain HTTP/1.1 requests and Connect
+server streams read frame by frame with the standard library, HTTP/2 with the h2 library's
+frames, so that every byte on the wire is the test's own."""
 
 from __future__ import annotations
 
 import asyncio
 import http.client
 import json
+import socket
+import ssl
 import struct
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
+
+import h2.config
+import h2.connection
+import h2.events
+import pytest
 
 from proca_stats.server.app import StatsServer
 from tests.support.waiting import wait_for
@@ -147,3 +155,60 @@ async def async_stream(
                 yield json.loads(data)
     finally:
         writer.close()
+
+
+def h2_exchange(
+    sock: socket.socket | ssl.SSLSocket,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: tuple[tuple[str, str], ...] = (),
+) -> tuple[dict[str, str], bytes]:
+    """One HTTP/2 request on a connected socket (h2c by prior knowledge, or TLS after ALPN
+    chose h2), spoken frame by frame with the h2 library: the answer's headers and body."""
+    connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    connection.initiate_connection()
+    stream = connection.get_next_available_stream_id()
+    scheme = "https" if isinstance(sock, ssl.SSLSocket) else "http"
+    head = [(":method", method), (":scheme", scheme), (":authority", "127.0.0.1"), (":path", path)]
+    if body is not None:
+        head.append(("content-length", str(len(body))))
+    connection.send_headers(stream, [*head, *headers], end_stream=body is None)
+    if body is not None:
+        connection.send_data(stream, body, end_stream=True)
+    sock.sendall(connection.data_to_send())
+    answer_headers: dict[str, str] = {}
+    answer = b""
+    ended = False
+    while not ended:
+        data = sock.recv(65536)
+        assert data, "the server closed the connection before the answer ended"
+        for event in connection.receive_data(data):
+            if isinstance(event, h2.events.ResponseReceived):
+                answer_headers = {k.decode(): v.decode() for k, v in event.headers}
+            elif isinstance(event, h2.events.DataReceived):
+                answer += event.data
+                connection.acknowledge_received_data(event.flow_controlled_length, stream)
+            elif isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
+                ended = True
+        sock.sendall(connection.data_to_send())
+    return answer_headers, answer
+
+
+def closed_within(sock: socket.socket, seconds: float, trickle: bytes = b"") -> float:
+    """How long until the server closes ``sock``, sending a byte of ``trickle`` every 0.2 s."""
+    started = time.monotonic()
+    sock.settimeout(0.2)
+    for byte in [trickle[i : i + 1] for i in range(len(trickle))] or [b""] * 10_000:
+        try:
+            if byte:
+                sock.sendall(byte)
+            if sock.recv(4096) == b"":
+                return time.monotonic() - started
+        except TimeoutError:
+            pass
+        except (BrokenPipeError, ConnectionResetError):
+            return time.monotonic() - started
+        if time.monotonic() - started > seconds:
+            break
+    pytest.fail(f"the connection was still open after {seconds} s")

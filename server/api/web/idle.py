@@ -23,7 +23,6 @@ import os
 import socket
 import struct
 from collections import Counter
-from typing import Any
 
 from proca_stats.server.api.web.front import App, Receive, Scope, Send
 
@@ -32,6 +31,7 @@ log = logging.getLogger(__name__)
 # struct tcp_info (linux/tcp.h): tcpi_last_data_sent and tcpi_last_data_recv, in ms.
 _TCP_INFO_LAST_SENT, _TCP_INFO_LAST_RECV, _TCP_INFO_SIZE = 44, 52, 104
 _FDS = "/proc/self/fd"
+_TCP = (socket.AF_INET, socket.AF_INET6)
 
 Peer = tuple[str, int]
 
@@ -93,22 +93,16 @@ def close_idle(port: int, busy: Counter[Peer], idle: float) -> int:
             sock = socket.socket(fileno=os.dup(int(name)))
         except OSError:  # closed meanwhile, or not a socket of a family Python knows
             continue
-        with sock:
-            try:
-                if sock.type != socket.SOCK_STREAM or sock.family not in (
-                    socket.AF_INET,
-                    socket.AF_INET6,
-                ):
-                    continue
-                if sock.getsockname()[1] != port:
-                    continue
-                address: Any = sock.getpeername()  # the listening socket has none
-                if _peer(address[0], address[1]) in busy or _quiet_ms(sock) < idle * 1000:
-                    continue
-                sock.shutdown(socket.SHUT_RDWR)
-                closed += 1
-            except OSError:
+        with sock, contextlib.suppress(OSError):  # OSError: closed meanwhile
+            if sock.family not in _TCP or sock.type != socket.SOCK_STREAM:
                 continue
+            if sock.getsockname()[1] != port:
+                continue
+            host, peer_port = sock.getpeername()[:2]  # the listening socket has none: OSError
+            if _peer(host, peer_port) in busy or _quiet_ms(sock) < idle * 1000:
+                continue
+            sock.shutdown(socket.SHUT_RDWR)
+            closed += 1
     return closed
 
 
